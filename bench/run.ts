@@ -1,0 +1,213 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import autocannon from 'autocannon';
+import { type Scenario, scenarios } from './scenarios.js';
+
+/**
+ * `npm run bench`: spawns the origin backend and Outrider as separate processes, runs every
+ * scenario with autocannon for BENCH_DURATION seconds, BENCH_ROUNDS times interleaved (so machine
+ * noise hits all alike), and prints medians and ratios measured in the same round. JSON goes to
+ * bench/results/. BENCH_ONLY=name,name limits the scenarios.
+ */
+const here = fileURLToPath(new URL('.', import.meta.url));
+const cli = join(here, '../proxy/cli.js');
+const duration = Number(process.env.BENCH_DURATION ?? 10);
+const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
+const only = process.env.BENCH_ONLY?.split(',');
+
+interface Sample {
+  requests: number;
+  p50: number;
+  p99: number;
+  bytesPerReq: number;
+  errors: number;
+  non2xx: number;
+  proxyCpuMsPerKReq: number | undefined;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() => (typeof addr === 'object' && addr !== null ? resolve(addr.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+async function startOrigin(): Promise<{ child: ChildProcess; port: number }> {
+  const child = spawn(process.execPath, [join(here, 'origin.js')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise<number>((resolve, reject) => {
+    child.stdout?.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
+    child.once('exit', (code) => reject(new Error(`origin exited with ${code}`)));
+  });
+  return { child, port };
+}
+
+async function startEdge(originPort: number): Promise<{ child: ChildProcess; port: number }> {
+  const port = await freePort();
+  const configPath = join(tmpdir(), `outrider-bench-${process.pid}.toml`);
+  writeFileSync(configPath, `listen_addr = "127.0.0.1:${port}"\nauth_backend = "http://127.0.0.1:${originPort}"\n`);
+  // Access logs stay on (a production setting) and go to /dev/null.
+  const child = spawn(process.execPath, [cli, '--config', configPath], { stdio: ['ignore', 'ignore', 'inherit'] });
+  for (let i = 0; i < 100; i++) {
+    try {
+      const res = await fetch(`http://127.0.0.1:${port}/1k`);
+      await res.arrayBuffer();
+      return { child, port };
+    } catch {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  throw new Error('Outrider did not start');
+}
+
+/**
+ * nginx as a reverse proxy, the bar to reach: one worker (Outrider is one process too), upstream
+ * keep-alive, access log buffered to /dev/null. Skipped when nginx is not installed.
+ */
+async function startNginx(originPort: number): Promise<{ child: ChildProcess; port: number } | undefined> {
+  const bin = ['/usr/sbin/nginx', '/usr/bin/nginx'].find((p) => existsSync(p));
+  if (bin === undefined) return undefined;
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'outrider-bench-nginx-'));
+  const conf = `worker_processes 1;
+error_log stderr error;
+pid ${dir}/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log /dev/null combined buffer=64k;
+  client_body_temp_path ${dir}/body; proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fcgi; uwsgi_temp_path ${dir}/uwsgi; scgi_temp_path ${dir}/scgi;
+  upstream origin { server 127.0.0.1:${originPort}; keepalive 64; }
+  server {
+    listen 127.0.0.1:${port};
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+`;
+  writeFileSync(join(dir, 'nginx.conf'), conf);
+  const child = spawn(bin, ['-p', dir, '-c', join(dir, 'nginx.conf'), '-g', 'daemon off;'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  await new Promise((r) => setTimeout(r, 500));
+  return { child, port };
+}
+
+/** user+system CPU time of a process and its children (nginx workers), in ms, from /proc. */
+function cpuMs(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+    let total = ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+    const children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim();
+    for (const child of children === '' ? [] : children.split(' ')) total += cpuMs(Number(child)) ?? 0;
+    return total;
+  } catch {
+    return undefined;
+  }
+}
+
+type Procs = Record<Scenario['target'], { port: number; pid: number | undefined }>;
+
+async function runOne(s: Scenario, procs: Procs): Promise<Sample> {
+  const { port, pid } = procs[s.target];
+  // A short unrecorded warm-up, so the JIT and connection pools are warm for every scenario alike.
+  await autocannon({
+    url: `http://127.0.0.1:${port}${s.path}`,
+    method: s.method ?? 'GET',
+    headers: s.headers,
+    connections: s.connections,
+    duration: 1,
+  });
+  const before = cpuMs(pid);
+  const result = await autocannon({
+    url: `http://127.0.0.1:${port}${s.path}`,
+    method: s.method ?? 'GET',
+    headers: s.headers,
+    connections: s.connections,
+    duration,
+  });
+  const after = cpuMs(pid);
+  const total = result.requests.total;
+  return {
+    requests: result.requests.average,
+    p50: result.latency.p50,
+    p99: result.latency.p99,
+    bytesPerReq: total > 0 ? Math.round(result.throughput.total / total) : 0,
+    errors: result.errors + result.timeouts,
+    non2xx: result.non2xx,
+    proxyCpuMsPerKReq:
+      s.target !== 'direct' && before !== undefined && after !== undefined && total > 0 ? ((after - before) / total) * 1000 : undefined,
+  };
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
+};
+
+async function main(): Promise<void> {
+  const origin = await startOrigin();
+  const edge = await startEdge(origin.port);
+  const nginx = await startNginx(origin.port);
+  const selected = scenarios.filter((s) => (only === undefined || only.includes(s.name)) && (s.target !== 'nginx' || nginx !== undefined));
+  const procs: Procs = {
+    direct: { port: origin.port, pid: origin.child.pid },
+    edge: { port: edge.port, pid: edge.child.pid },
+    nginx: { port: nginx?.port ?? 0, pid: nginx?.child.pid },
+  };
+  const samples = new Map<string, Sample[]>();
+  const ratios = new Map<string, number[]>();
+  try {
+    for (let round = 1; round <= rounds; round++) {
+      const thisRound = new Map<string, Sample>();
+      for (const s of selected) {
+        const sample = await runOne(s, procs);
+        thisRound.set(s.name, sample);
+        samples.set(s.name, [...(samples.get(s.name) ?? []), sample]);
+        const base = s.baseline === undefined ? undefined : thisRound.get(s.baseline);
+        if (base !== undefined && base.requests > 0) ratios.set(s.name, [...(ratios.get(s.name) ?? []), sample.requests / base.requests]);
+        process.stderr.write(`round ${round}/${rounds} ${s.name}: ${Math.round(sample.requests)} req/s, p99 ${sample.p99} ms\n`);
+      }
+    }
+  } finally {
+    edge.child.kill('SIGTERM');
+    nginx?.child.kill('SIGQUIT');
+    origin.child.kill('SIGTERM');
+  }
+
+  const rows = selected.map((s) => {
+    const xs = samples.get(s.name) ?? [];
+    const cpu = xs.map((x) => x.proxyCpuMsPerKReq).filter((x): x is number => x !== undefined);
+    const r = ratios.get(s.name);
+    return {
+      scenario: s.name,
+      'req/s': Math.round(median(xs.map((x) => x.requests))),
+      'p50 ms': median(xs.map((x) => x.p50)),
+      'p99 ms': median(xs.map((x) => x.p99)),
+      'bytes/req': median(xs.map((x) => x.bytesPerReq)),
+      ratio: r === undefined ? '' : `${median(r).toFixed(2)}x ${s.baseline}`,
+      'proxy req/CPU-s': cpu.length > 0 ? Math.round(1_000_000 / median(cpu)) : '',
+      'errors+non2xx': xs.reduce((n, x) => n + x.errors + x.non2xx, 0),
+    };
+  });
+  console.log(`\nOutrider bench: ${rounds} rounds x ${duration}s per scenario, medians (node ${process.version})`);
+  console.table(rows);
+  const dir = join(here, '../../bench/results');
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, `${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+  writeFileSync(
+    file,
+    JSON.stringify({ date: new Date().toISOString(), duration, rounds, rows, samples: Object.fromEntries(samples) }, null, 2),
+  );
+  console.log(`results written to ${file}`);
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});

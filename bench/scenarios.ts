@@ -1,0 +1,18 @@
+/** One autocannon run: which server it targets and what it asks for. */
+export interface Scenario {
+  name: string;
+  /** `direct` hits the origin backend; `edge` goes through Outrider; `nginx` through nginx (reference, when installed). */
+  target: 'direct' | 'edge' | 'nginx';
+  path: string;
+  method?: 'GET' | 'POST' | 'PUT';
+  connections: number;
+  /** The scenario whose requests/s this one is compared with, measured in the same round. */
+  baseline?: string;
+  headers?: Record<string, string>;
+}
+
+export const scenarios: Scenario[] = [
+  { name: 'direct-1k', target: 'direct', path: '/1k', connections: 50 },
+  { name: 'proxy-1k', target: 'edge', path: '/1k', connections: 50, baseline: 'direct-1k' },
+  { name: 'nginx-1k', target: 'nginx', path: '/1k', connections: 50, baseline: 'direct-1k' },
+];

@@ -1,0 +1,126 @@
+import { availableParallelism } from 'node:os';
+import { isAbsolute } from 'node:path';
+import { z } from 'zod';
+import { parseDuration } from './duration.js';
+
+/** Where Outrider listens: a TCP host and port, or a unix socket path. */
+export type ListenAddr = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
+
+export function parseListenAddr(text: string): ListenAddr | undefined {
+  if (text.startsWith('unix:')) {
+    const path = text.slice('unix:'.length);
+    return isAbsolute(path) ? { kind: 'unix', path } : undefined;
+  }
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]*)):(\d{1,5})$/.exec(text);
+  if (m === null) return undefined;
+  const port = Number(m[3]);
+  if (port > 65535) return undefined;
+  const host = m[1] ?? m[2] ?? '';
+  return { kind: 'tcp', host: host === '' ? '0.0.0.0' : host, port };
+}
+
+const duration = (what: string) =>
+  z.string().transform((text, ctx) => {
+    const ms = parseDuration(text);
+    if (ms === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `expected ${what} as a duration like "500ms", "30s" or "5m", got "${text}"`,
+      });
+      return z.NEVER;
+    }
+    return ms;
+  });
+
+const positiveDuration = (what: string) => duration(what).refine((ms) => ms > 0, { message: `expected ${what} greater than zero` });
+
+const wholeNumber = (what: string, min: number) =>
+  z
+    .number({ error: `expected ${what} as a whole number` })
+    .int({ error: `expected ${what} as a whole number` })
+    .min(min, { error: `expected ${what} of at least ${min}` });
+
+export const DEFAULT_MAX_SCALER_PROCS = Math.max(2, Math.floor(availableParallelism() / 2));
+
+const imageResizer = z.strictObject({
+  max_scaler_procs: wholeNumber('a number of concurrent scaling jobs', 1)
+    .max(1024, { error: 'expected at most 1024 concurrent scaling jobs' })
+    .default(DEFAULT_MAX_SCALER_PROCS),
+  max_filesize: wholeNumber('a size in bytes', 0).default(250_000),
+});
+
+const fileSchema = z.strictObject({
+  listen_addr: z
+    .string()
+    .default('localhost:8181')
+    .transform((text, ctx) => {
+      const addr = parseListenAddr(text);
+      if (addr === undefined) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `expected "host:port" (port 0-65535) or "unix:/absolute/path", got "${text}"`,
+        });
+        return z.NEVER;
+      }
+      return addr;
+    }),
+  auth_backend: z
+    .string()
+    .default('http://localhost:8080')
+    .transform((text, ctx) => {
+      let url: URL;
+      try {
+        url = new URL(text);
+      } catch {
+        url = new URL('invalid:');
+      }
+      const ok =
+        (url.protocol === 'http:' || url.protocol === 'https:') &&
+        url.pathname === '/' &&
+        url.search === '' &&
+        url.hash === '' &&
+        url.username === '' &&
+        url.password === '';
+      if (!ok) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `expected an http:// or https:// origin like "http://localhost:8080" (no path, query or credentials), got "${text}"`,
+        });
+        return z.NEVER;
+      }
+      return url.origin;
+    }),
+  auth_socket: z
+    .string()
+    .refine((p) => isAbsolute(p), { message: 'expected an absolute path to a unix socket' })
+    .optional(),
+  secret_path: z.string().min(1, { error: 'expected a file path' }).default('.gitlab_workhorse_secret'),
+  proxy_headers_timeout: positiveDuration('the backend response-header timeout').default(300_000),
+  shutdown_timeout: duration('the shutdown grace period').default(60_000),
+  propagate_correlation_id: z.boolean({ error: 'expected true or false' }).default(false),
+  log_level: z
+    .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], {
+      error: 'expected one of "fatal", "error", "warn", "info", "debug", "trace", "silent"',
+    })
+    .default('info'),
+  image_resizer: imageResizer.prefault({}),
+  uploads: z.strictObject({}).optional(),
+});
+
+/** The TOML file's shape (snake_case), mapped once to the camelCase `Config`. */
+export const configSchema = fileSchema.transform((f) => ({
+  listenAddr: f.listen_addr,
+  authBackend: f.auth_backend,
+  authSocket: f.auth_socket,
+  secretPath: f.secret_path,
+  proxyHeadersTimeoutMs: f.proxy_headers_timeout,
+  shutdownTimeoutMs: f.shutdown_timeout,
+  propagateCorrelationId: f.propagate_correlation_id,
+  logLevel: f.log_level,
+  imageResizer: {
+    maxScalerProcs: f.image_resizer.max_scaler_procs,
+    maxFilesize: f.image_resizer.max_filesize,
+  },
+}));
+
+export type Config = z.output<typeof configSchema>;

@@ -1,0 +1,123 @@
+#!/usr/bin/env node
+import { unlinkSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { ConfigError } from '../config/errors.js';
+import { type ConfigOverride, loadConfig, loadConfigFile } from '../config/load.js';
+import type { Config } from '../config/schema.js';
+import { buildServer } from './server.js';
+import { VERSION } from './version.js';
+
+const USAGE = `Usage: outrider [--config FILE] [--listen-addr ADDR] [--auth-backend URL]
+
+Outrider: a reverse proxy in front of a backend app that serves scaled images,
+files and uploads the backend asks it to (GitLab Workhorse's protocol).
+
+Options:
+  --config FILE         TOML configuration (every key has a default; see config.example.toml)
+  --listen-addr ADDR    where to listen: "host:port" or "unix:/path" (overrides listen_addr)
+  --auth-backend URL    the backend's origin, e.g. http://localhost:8080 (overrides auth_backend)
+  --version             print the version and exit
+  --help                print this help and exit
+`;
+
+function fail(message: string): never {
+  process.stderr.write(`outrider: ${message}\n`);
+  process.exit(2);
+}
+
+function readConfig(argv: string[]): Config {
+  let values: ReturnType<typeof parse>['values'];
+  try {
+    values = parse(argv).values;
+  } catch (err) {
+    fail(`${(err as Error).message}\n\n${USAGE}`);
+  }
+  if (values.help) {
+    process.stdout.write(USAGE);
+    process.exit(0);
+  }
+  if (values.version) {
+    process.stdout.write(`outrider ${VERSION}\n`);
+    process.exit(0);
+  }
+  const overrides: ConfigOverride[] = [];
+  if (values['listen-addr'] !== undefined) overrides.push({ key: 'listen_addr', flag: '--listen-addr', value: values['listen-addr'] });
+  if (values['auth-backend'] !== undefined) overrides.push({ key: 'auth_backend', flag: '--auth-backend', value: values['auth-backend'] });
+  try {
+    return values.config === undefined ? loadConfig('', { source: 'command line', overrides }) : loadConfigFile(values.config, overrides);
+  } catch (err) {
+    if (err instanceof ConfigError) fail(err.message);
+    throw err;
+  }
+}
+
+function parse(argv: string[]) {
+  return parseArgs({
+    args: argv,
+    strict: true,
+    allowPositionals: false,
+    options: {
+      config: { type: 'string', short: 'c' },
+      'listen-addr': { type: 'string' },
+      'auth-backend': { type: 'string' },
+      version: { type: 'boolean', short: 'v' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+}
+
+async function main(): Promise<void> {
+  const config = readConfig(process.argv.slice(2));
+  const app = buildServer(config);
+  const addr = config.listenAddr;
+  try {
+    if (addr.kind === 'unix') {
+      try {
+        unlinkSync(addr.path);
+      } catch {
+        // no stale socket
+      }
+      await app.listen({ path: addr.path });
+    } else {
+      await app.listen({ host: addr.host, port: addr.port });
+    }
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    app.log.fatal({ code: e.code }, `cannot listen on ${addr.kind === 'unix' ? addr.path : `${addr.host}:${addr.port}`}: ${e.message}`);
+    process.exit(1);
+  }
+  app.log.info({ version: VERSION, backend: config.authBackend }, 'outrider ready');
+
+  let stopping = false;
+  const stop = (signal: NodeJS.Signals) => {
+    if (stopping) {
+      app.log.warn({ signal }, 'second signal: exiting now');
+      process.exit(1);
+    }
+    stopping = true;
+    app.log.info({ signal, graceMs: config.shutdownTimeoutMs }, 'shutting down: finishing in-flight requests');
+    const deadline = setTimeout(() => {
+      app.log.warn('shutdown timeout reached: closing the remaining connections');
+      app.server.closeAllConnections();
+      process.exit(0);
+    }, config.shutdownTimeoutMs);
+    deadline.unref();
+    app.close().then(
+      () => {
+        app.log.info('stopped');
+        process.exit(0);
+      },
+      (err: unknown) => {
+        app.log.error({ err }, 'error while stopping');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`outrider: ${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});

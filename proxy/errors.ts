@@ -1,0 +1,56 @@
+import type { ServerResponse } from 'node:http';
+import createError, { type FastifyError } from '@fastify/error';
+import type { FastifyInstance } from 'fastify';
+
+/** The HTTP error catalogue: one code, message and status per failure a client can see. */
+export const EdgeUpstreamUnavailable = createError('EDGE_UPSTREAM_UNAVAILABLE', 'Bad Gateway: the backend is not responding', 502);
+export const EdgeUpstreamTimeout = createError('EDGE_UPSTREAM_TIMEOUT', 'Gateway Timeout: the backend did not answer in time', 504);
+export const EdgeUpstreamInternalApi = createError('EDGE_UPSTREAM_INTERNAL_API', 'Internal Server Error', 500);
+export const EdgeRequestInvalid = createError<[string, { cause: unknown }?]>('EDGE_REQUEST_INVALID', 'Bad Request: %s', 400);
+export const EdgeInternal = createError('EDGE_INTERNAL', 'Internal Server Error', 500);
+
+const TIMEOUT_CODES = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT']);
+
+/** Maps an undici (or socket) failure talking to the backend to the error the client sees. */
+export function mapUpstreamError(err: unknown): FastifyError {
+  const e = err as { code?: string; cause?: { code?: string } };
+  const code = e.cause?.code ?? e.code ?? '';
+  if (TIMEOUT_CODES.has(code)) return new EdgeUpstreamTimeout({ cause: err });
+  if (code === 'UND_ERR_INVALID_ARG' || code === 'UND_ERR_NOT_SUPPORTED') {
+    return new EdgeRequestInvalid('the request headers cannot be forwarded', { cause: err });
+  }
+  return new EdgeUpstreamUnavailable({ cause: err });
+}
+
+/**
+ * Answers a hijacked response with a catalogue error as `text/plain`. Once headers are out, the
+ * only honest answer is to cut the connection: never a silently truncated 200.
+ */
+export function writeError(res: ServerResponse, err: FastifyError): void {
+  if (res.destroyed) return;
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const body = `${err.message}\n`;
+  res.writeHead(err.statusCode ?? 500, {
+    'content-type': 'text/plain; charset=utf-8',
+    'content-length': Buffer.byteLength(body),
+    'x-content-type-options': 'nosniff',
+  });
+  res.end(body);
+}
+
+/** Client errors pass through; anything else is logged and answered with a generic 500. */
+export function setErrorHandler(app: FastifyInstance): void {
+  app.setErrorHandler((err: FastifyError, request, reply) => {
+    const status = err.statusCode ?? 500;
+    if (status < 500) {
+      reply.code(status).type('text/plain; charset=utf-8').send(`${err.message}\n`);
+      return;
+    }
+    request.log.error({ err }, 'request failed');
+    const generic = new EdgeInternal();
+    reply.code(500).type('text/plain; charset=utf-8').send(`${generic.message}\n`);
+  });
+}

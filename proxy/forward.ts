@@ -1,0 +1,281 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { FastifyBaseLogger, FastifyPluginCallback } from 'fastify';
+import type { Dispatcher } from 'undici';
+import { EdgeInternal, mapUpstreamError, writeError } from './errors.js';
+import {
+  connectionTokens,
+  DETECT_CONTENT_TYPE,
+  FORWARDED_FOR,
+  REQUEST_STRIPPED,
+  RESPONSE_STRIPPED,
+  SEND_DATA,
+  SENDFILE,
+} from './headers.js';
+import type { Interceptor, ResponseHead } from './intercept.js';
+
+export interface ForwardOptions {
+  upstream: Dispatcher;
+  interceptors: Interceptor[];
+  version: string;
+  /** The process logger; the access-log line carries the request id as a field. */
+  log: FastifyBaseLogger;
+  /** True once shutdown has begun: responses then ask the client to close the connection. */
+  isClosing: () => boolean;
+}
+
+/** Forwards one request to the backend and streams the answer back. Never throws. */
+export type Forwarder = (req: IncomingMessage, res: ServerResponse, requestId: string) => void;
+
+/** Bytes of a backend body Outrider reads and drops after an interceptor took over, before it cuts the backend connection. */
+const DISCARD_LIMIT = 64 * 1024;
+
+/**
+ * The catch-all branch: every request goes to the backend with its body streamed as it arrives,
+ * and the response streams back chunk by chunk with backpressure both ways. Bodies are never
+ * parsed: the content-type parsers are replaced by one that leaves the stream untouched.
+ */
+export const forwardPlugin: FastifyPluginCallback<{ forward: Forwarder }> = (app, opts, done) => {
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', (_request, _payload, next) => next(null));
+  app.route({
+    method: app.supportedMethods,
+    url: '*',
+    handler(request, reply) {
+      reply.hijack();
+      opts.forward(request.raw, reply.raw, request.id);
+    },
+  });
+  done();
+};
+
+export function createForwarder(opts: ForwardOptions): Forwarder {
+  return (req, res, requestId) => {
+    const handler = new ForwardHandler(req, res, requestId, opts);
+    const hasBody = req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0';
+    if (opts.isClosing()) res.shouldKeepAlive = false;
+    res.on('close', handler.onClientClose);
+    try {
+      opts.upstream.dispatch(
+        {
+          origin: undefined,
+          method: req.method as Dispatcher.HttpMethod,
+          path: req.url as string,
+          headers: requestHeaders(req, handler.peer, requestId, opts.version),
+          body: hasBody ? req : null,
+          // A client that sent `Connection: close` should not cost us the backend connection.
+          reset: false,
+        },
+        handler,
+      );
+    } catch (err) {
+      // undici validates the headers before anything is sent: a header it refuses is the client's fault.
+      handler.onError(err as Error);
+    }
+  };
+}
+
+/** The client's headers minus hop-by-hop and spoofable ones, plus what the backend expects from Workhorse. */
+export function requestHeaders(req: IncomingMessage, peer: string, requestId: string, version: string): string[] {
+  const raw = req.rawHeaders;
+  const out: string[] = [];
+  let forwardedFor: string | undefined;
+  let connection: string | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    const value = raw[i + 1] as string;
+    const lower = name.toLowerCase();
+    if (REQUEST_STRIPPED.has(lower)) {
+      if (lower === FORWARDED_FOR) forwardedFor = forwardedFor === undefined ? value : `${forwardedFor}, ${value}`;
+      else if (lower === 'connection') connection = connection === undefined ? value : `${connection}, ${value}`;
+      continue;
+    }
+    out.push(name, value);
+  }
+  const filtered = connection === undefined ? out : withoutNamed(out, connectionTokens(connection));
+  filtered.push(
+    'X-Forwarded-For',
+    forwardedFor === undefined ? peer : `${forwardedFor}, ${peer}`,
+    'Gitlab-Workhorse',
+    version,
+    'Gitlab-Workhorse-Proxy-Start',
+    `${Date.now()}000000`,
+    'X-Sendfile-Type',
+    'X-Sendfile',
+    'X-Request-Id',
+    requestId,
+  );
+  return filtered;
+}
+
+function withoutNamed(headers: string[], names: string[]): string[] {
+  if (names.length === 0) return headers;
+  const out: string[] = [];
+  for (let i = 0; i < headers.length; i += 2) {
+    if (!names.includes((headers[i] as string).toLowerCase())) out.push(headers[i] as string, headers[i + 1] as string);
+  }
+  return out;
+}
+
+/** The connecting peer; a unix-socket peer counts as loopback, as in Workhorse. */
+function peerAddress(req: IncomingMessage): string {
+  const addr = req.socket.remoteAddress;
+  if (addr === undefined) return '127.0.0.1';
+  return addr.startsWith('::ffff:') ? addr.slice(7) : addr;
+}
+
+/** Copies the backend's response head, dropping hop-by-hop headers and setting instruction headers apart. */
+export function readHead(statusCode: number, raw: Buffer[], statusMessage: string): ResponseHead {
+  const head: ResponseHead = {
+    statusCode,
+    statusMessage,
+    headers: [],
+    contentType: undefined,
+    sendData: undefined,
+    sendfile: undefined,
+    detectContentType: false,
+  };
+  let connection: string | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = (raw[i] as Buffer).toString('latin1');
+    const value = (raw[i + 1] as Buffer).toString('latin1');
+    const lower = name.toLowerCase();
+    if (RESPONSE_STRIPPED.has(lower)) {
+      if (lower === SEND_DATA) head.sendData = value;
+      else if (lower === SENDFILE) head.sendfile = value;
+      else if (lower === DETECT_CONTENT_TYPE) head.detectContentType = value.toLowerCase() === 'true';
+      else if (lower === 'connection') connection = connection === undefined ? value : `${connection}, ${value}`;
+      continue;
+    }
+    if (lower === 'content-type') head.contentType = value;
+    head.headers.push(name, value);
+  }
+  if (connection !== undefined) head.headers = withoutNamed(head.headers, connectionTokens(connection));
+  return head;
+}
+
+/**
+ * undici's dispatch handler for one proxied request. It uses the callback API undici runs on
+ * internally (`onHeaders` with raw header buffers), which skips a per-response header object.
+ */
+class ForwardHandler implements Dispatcher.DispatchHandler {
+  private abortUpstream: ((err?: Error) => void) | undefined;
+  private resume: (() => void) | undefined;
+  private intercepted = false;
+  private discarded = 0;
+  private clientGone = false;
+  private readonly started = performance.now();
+  private bytes = 0;
+  private readonly req: IncomingMessage;
+  private readonly res: ServerResponse;
+  private readonly requestId: string;
+  private readonly opts: ForwardOptions;
+  private childLog: FastifyBaseLogger | undefined;
+  /** Read now: by the time the response closes, the socket may be detached. */
+  readonly peer: string;
+
+  constructor(req: IncomingMessage, res: ServerResponse, requestId: string, opts: ForwardOptions) {
+    this.peer = peerAddress(req);
+    this.req = req;
+    this.res = res;
+    this.requestId = requestId;
+    this.opts = opts;
+  }
+
+  /** A logger bound to this request, made only when something beyond the access line is logged. */
+  private get log(): FastifyBaseLogger {
+    this.childLog ??= this.opts.log.child({ requestId: this.requestId });
+    return this.childLog;
+  }
+
+  onConnect(abort: (err?: Error) => void): void {
+    if (this.clientGone) abort(new Error('client went away'));
+    else this.abortUpstream = abort;
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusMessage: string): boolean {
+    const head = readHead(statusCode, rawHeaders, statusMessage);
+    for (const interceptor of this.opts.interceptors) {
+      if (interceptor.match(head)) {
+        this.intercepted = true;
+        this.runInterceptor(interceptor, head);
+        return true;
+      }
+    }
+    this.resume = resume;
+    try {
+      this.res.writeHead(statusCode, statusMessage || undefined, head.headers);
+    } catch (err) {
+      // A header Node refuses to send: the backend's answer cannot be relayed as it is.
+      this.log.error({ err, subsystem: 'proxy' }, 'backend response headers cannot be relayed');
+      this.abortUpstream?.(err as Error);
+      this.intercepted = true;
+      writeError(this.res, mapUpstreamError(err));
+    }
+    return true;
+  }
+
+  onData(chunk: Buffer): boolean {
+    if (this.intercepted) {
+      this.discarded += chunk.length;
+      if (this.discarded > DISCARD_LIMIT) this.abortUpstream?.(new Error('discarding backend body'));
+      return true;
+    }
+    this.bytes += chunk.length;
+    if (this.res.write(chunk)) return true;
+    this.res.once('drain', this.onDrain);
+    return false;
+  }
+
+  onComplete(): void {
+    if (!this.intercepted) this.res.end();
+  }
+
+  onError(err: Error): void {
+    if (this.intercepted || this.clientGone) return;
+    const edge = mapUpstreamError(err);
+    if (this.res.headersSent) {
+      this.log.warn({ err, subsystem: 'proxy' }, 'backend response cut off mid-body');
+    } else {
+      this.log.warn({ err, subsystem: 'proxy', code: edge.code }, 'backend request failed');
+    }
+    writeError(this.res, edge);
+  }
+
+  private onDrain = (): void => {
+    this.resume?.();
+  };
+
+  private runInterceptor(interceptor: Interceptor, head: ResponseHead): void {
+    const ctx = { req: this.req, res: this.res, requestId: this.requestId, head, log: this.log };
+    interceptor.serve(ctx).catch((err: unknown) => {
+      this.log.error({ err, subsystem: interceptor.name }, 'interceptor failed');
+      writeError(this.res, new EdgeInternal({ cause: err }));
+    });
+  }
+
+  /** Runs once per request: cancels the backend request if the client left early, then writes the access-log line. */
+  onClientClose = (): void => {
+    const res = this.res;
+    const aborted = !res.writableFinished;
+    if (aborted) {
+      this.clientGone = true;
+      this.abortUpstream?.(new Error('client went away'));
+    } else if (this.opts.isClosing()) {
+      res.socket?.end();
+    }
+    const req = this.req;
+    this.opts.log.info(
+      {
+        requestId: this.requestId,
+        method: req.method,
+        path: req.url,
+        status: res.headersSent ? res.statusCode : 499,
+        durationMs: Math.round((performance.now() - this.started) * 1000) / 1000,
+        bytes: this.intercepted ? undefined : this.bytes,
+        remoteAddress: this.peer,
+        aborted: aborted || undefined,
+      },
+      'request',
+    );
+  };
+}

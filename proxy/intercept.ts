@@ -1,0 +1,54 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { FastifyBaseLogger } from 'fastify';
+import { EdgeUpstreamInternalApi, writeError } from './errors.js';
+import { API_CONTENT_TYPE } from './headers.js';
+
+/**
+ * What the backend answered, read once while its headers are copied: `headers` is the flat
+ * [name, value, …] list a client would get (hop-by-hop and instruction headers already removed),
+ * and the instruction headers are kept apart for the interceptors to match on.
+ */
+export interface ResponseHead {
+  statusCode: number;
+  statusMessage: string;
+  headers: string[];
+  contentType: string | undefined;
+  sendData: string | undefined;
+  sendfile: string | undefined;
+  detectContentType: boolean;
+}
+
+export interface InterceptContext {
+  req: IncomingMessage;
+  res: ServerResponse;
+  requestId: string;
+  head: ResponseHead;
+  log: FastifyBaseLogger;
+}
+
+/**
+ * A response interceptor takes over a backend response: the backend's body is discarded and
+ * `serve` writes the client's answer. `name` is the log label.
+ */
+export interface Interceptor {
+  name: string;
+  match(head: ResponseHead): boolean;
+  serve(ctx: InterceptContext): Promise<void>;
+}
+
+/** Internal API answers (pre-authorize JSON) must never reach a client (Workhorse `api.Block`). */
+export const blockInternalApi: Interceptor = {
+  name: 'internal-api-block',
+  match(head) {
+    return head.contentType?.toLowerCase().startsWith(API_CONTENT_TYPE) === true;
+  },
+  async serve({ res, log, head }) {
+    log.warn({ subsystem: 'proxy', status: head.statusCode }, 'blocked a backend response with an internal API content type');
+    writeError(res, new EdgeUpstreamInternalApi());
+  },
+};
+
+/** The single registration list, in match order; the first match wins. */
+export function createInterceptors(): Interceptor[] {
+  return [blockInternalApi];
+}
