@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError } from '../config/errors.js';
 import { type ConfigOverride, loadConfig, loadConfigFile } from '../config/load.js';
 import type { Config } from '../config/schema.js';
+import { createLogger } from './logger.js';
 import { buildServer } from './server.js';
 import { VERSION } from './version.js';
 
@@ -68,7 +69,8 @@ function parse(argv: string[]) {
 
 async function main(): Promise<void> {
   const config = readConfig(process.argv.slice(2));
-  const app = buildServer(config);
+  const logger = createLogger(config);
+  const app = buildServer(config, { logger });
   const addr = config.listenAddr;
   try {
     if (addr.kind === 'unix') {
@@ -83,35 +85,49 @@ async function main(): Promise<void> {
     }
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    app.log.fatal({ code: e.code }, `cannot listen on ${addr.kind === 'unix' ? addr.path : `${addr.host}:${addr.port}`}: ${e.message}`);
-    process.exit(1);
+    logger.fatal({ code: e.code }, `cannot listen on ${addr.kind === 'unix' ? addr.path : `${addr.host}:${addr.port}`}: ${e.message}`);
+    logger.flush();
+    process.exitCode = 1;
+    return;
   }
-  app.log.info({ version: VERSION, backend: config.authBackend }, 'outrider ready');
+  const bound = app.server.address();
+  const listening =
+    typeof bound === 'string'
+      ? `unix:${bound}`
+      : bound === null
+        ? ''
+        : `${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}`;
+  logger.info({ version: VERSION, listen: listening, backend: config.authSocket ?? config.authBackend }, 'outrider ready');
+  logger.flush();
 
   let stopping = false;
   const stop = (signal: NodeJS.Signals) => {
     if (stopping) {
-      app.log.warn({ signal }, 'second signal: exiting now');
+      logger.warn({ signal }, 'second signal: exiting now');
+      logger.flush();
       process.exit(1);
     }
     stopping = true;
-    app.log.info({ signal, graceMs: config.shutdownTimeoutMs }, 'shutting down: finishing in-flight requests');
+    logger.info({ signal, graceMs: config.shutdownTimeoutMs }, 'shutting down: finishing in-flight requests');
     const deadline = setTimeout(() => {
-      app.log.warn('shutdown timeout reached: closing the remaining connections');
+      logger.warn('shutdown timeout reached: closing the remaining connections');
       app.server.closeAllConnections();
-      process.exit(0);
+      exit(0);
     }, config.shutdownTimeoutMs);
     deadline.unref();
     app.close().then(
       () => {
-        app.log.info('stopped');
-        process.exit(0);
+        logger.info('stopped');
+        exit(0);
       },
       (err: unknown) => {
-        app.log.error({ err }, 'error while stopping');
-        process.exit(1);
+        logger.error({ err }, 'error while stopping');
+        exit(1);
       },
     );
+  };
+  const exit = (code: number) => {
+    logger.flush(() => process.exit(code));
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);

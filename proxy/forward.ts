@@ -52,7 +52,6 @@ export function createForwarder(opts: ForwardOptions): Forwarder {
   return (req, res, requestId) => {
     const handler = new ForwardHandler(req, res, requestId, opts);
     const hasBody = req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0';
-    if (opts.isClosing()) res.shouldKeepAlive = false;
     res.on('close', handler.onClientClose);
     try {
       opts.upstream.dispatch(
@@ -172,9 +171,11 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   private childLog: FastifyBaseLogger | undefined;
   /** Read now: by the time the response closes, the socket may be detached. */
   readonly peer: string;
+  private readonly socket: IncomingMessage['socket'];
 
   constructor(req: IncomingMessage, res: ServerResponse, requestId: string, opts: ForwardOptions) {
     this.peer = peerAddress(req);
+    this.socket = req.socket;
     this.req = req;
     this.res = res;
     this.requestId = requestId;
@@ -202,6 +203,8 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
       }
     }
     this.resume = resume;
+    // During shutdown the connection closes after this response instead of going back to idle.
+    if (this.opts.isClosing()) this.res.shouldKeepAlive = false;
     try {
       this.res.writeHead(statusCode, statusMessage || undefined, head.headers);
     } catch (err) {
@@ -261,7 +264,8 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
       this.clientGone = true;
       this.abortUpstream?.(new Error('client went away'));
     } else if (this.opts.isClosing()) {
-      res.socket?.end();
+      // A response that began before shutdown: its keep-alive connection must not outlive it.
+      this.socket.end();
     }
     const req = this.req;
     this.opts.log.info(

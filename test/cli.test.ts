@@ -1,0 +1,164 @@
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { Client, request } from 'undici';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { startBackend } from './helpers/backend.js';
+
+// `npm test` builds first (pretest): these tests run the real `outrider` binary.
+const CLI = fileURLToPath(new URL('../dist/proxy/cli.js', import.meta.url));
+
+function run(args: string[]) {
+  return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 10_000 });
+}
+
+function tempDir(): string {
+  return mkdtempSync(join(tmpdir(), 'outrider-cli-'));
+}
+
+interface Running {
+  child: ChildProcess;
+  listen: string;
+  logs: Record<string, unknown>[];
+  exited: Promise<number | null>;
+}
+
+/** Starts `outrider --config <file>` and waits for its "outrider ready" line. */
+async function startCli(toml: string): Promise<Running> {
+  const file = join(tempDir(), 'outrider.toml');
+  writeFileSync(file, toml);
+  const child = spawn(process.execPath, [CLI, '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+  onTestFinished(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  const logs: Record<string, unknown>[] = [];
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  let buffer = '';
+  const ready = new Promise<string>((resolve, reject) => {
+    child.stdout?.on('data', (d: Buffer) => {
+      buffer += d.toString();
+      let nl = buffer.indexOf('\n');
+      while (nl >= 0) {
+        const line = JSON.parse(buffer.slice(0, nl)) as Record<string, unknown>;
+        logs.push(line);
+        if (line.msg === 'outrider ready') resolve(line.listen as string);
+        buffer = buffer.slice(nl + 1);
+        nl = buffer.indexOf('\n');
+      }
+    });
+    void exited.then((code) => reject(new Error(`outrider exited with ${code} before it was ready`)));
+  });
+  const listen = await Promise.race([ready, sleep(10_000).then(() => Promise.reject(new Error('outrider did not start')))]);
+  return { child, listen, logs, exited };
+}
+
+describe('the outrider command', () => {
+  it('prints its version and its usage', () => {
+    const version = run(['--version']);
+    expect(version.status).toBe(0);
+    expect(version.stdout).toMatch(/^outrider \d+\.\d+\.\d+\n$/);
+    const help = run(['--help']);
+    expect(help.status).toBe(0);
+    expect(help.stdout).toContain('--listen-addr ADDR');
+    expect(help.stdout).toContain('--auth-backend URL');
+  });
+
+  it('exits with code 2 and one clear message for a bad config, with no stack trace', () => {
+    const dir = tempDir();
+    const file = join(dir, 'bad.toml');
+    writeFileSync(file, 'listen_addr = "localhost"\n[image_resizer]\nmax_scaler_procs = 0\ntypo = 1\n');
+    const res = run(['--config', file]);
+    expect(res.status).toBe(2);
+    expect(res.stderr).toBe(
+      `outrider: ${file}: invalid config\n` +
+        '  - listen_addr: expected "host:port" (port 0-65535) or "unix:/absolute/path", got "localhost"\n' +
+        '  - image_resizer.max_scaler_procs: expected a number of concurrent scaling jobs of at least 1\n' +
+        '  - image_resizer.typo: unknown key in [image_resizer]\n',
+    );
+    expect(res.stdout).toBe('');
+  });
+
+  it('exits with code 2 for a missing file, bad TOML, a bad flag value and an unknown flag', () => {
+    const dir = tempDir();
+    const missing = run(['--config', join(dir, 'nope.toml')]);
+    expect(missing.status).toBe(2);
+    expect(missing.stderr).toBe(`outrider: ${join(dir, 'nope.toml')}: cannot read config file (no such file)\n`);
+
+    const broken = join(dir, 'broken.toml');
+    writeFileSync(broken, 'listen_addr = "a:1\n');
+    const toml = run(['--config', broken]);
+    expect(toml.status).toBe(2);
+    expect(toml.stderr).toContain(`outrider: ${broken}: invalid TOML at line 1`);
+
+    const flag = run(['--auth-backend', 'ftp://backend']);
+    expect(flag.status).toBe(2);
+    expect(flag.stderr).toContain('--auth-backend (auth_backend): expected an http:// or https:// origin');
+
+    const unknown = run(['--listen', 'x']);
+    expect(unknown.status).toBe(2);
+    expect(unknown.stderr).toContain("Unknown option '--listen'");
+    expect(unknown.stderr).not.toMatch(/\n\s+at /);
+  });
+
+  it('listens on a unix socket and reaches the backend through auth_socket', async () => {
+    const dir = tempDir();
+    const backendSocket = join(dir, 'backend.sock');
+    const backend = createServer((req, res) => res.end(`backend saw ${req.url} via ${req.headers.host}`));
+    await new Promise<void>((r) => backend.listen(backendSocket, r));
+    onTestFinished(() => new Promise<void>((r) => backend.close(() => r())));
+    const edgeSocket = join(dir, 'edge.sock');
+    writeFileSync(edgeSocket, 'stale');
+    const edge = await startCli(`listen_addr = "unix:${edgeSocket}"\nauth_socket = "${backendSocket}"\n`);
+    expect(edge.listen).toBe(`unix:${edgeSocket}`);
+    const client = new Client('http://outrider.local', { socketPath: edgeSocket });
+    onTestFinished(() => client.close());
+    const res = await client.request({ path: '/over/unix', method: 'GET' });
+    expect(await res.body.text()).toBe('backend saw /over/unix via outrider.local');
+    edge.child.kill('SIGTERM');
+    expect(await edge.exited).toBe(0);
+  });
+
+  it('on SIGTERM finishes in-flight requests, refuses new connections, then exits 0', async () => {
+    const backend = await startBackend((req, res) => {
+      if (req.url === '/slow') setTimeout(() => res.end('finished'), 700);
+      else res.end('quick');
+    });
+    const edge = await startCli(`listen_addr = "127.0.0.1:0"\nauth_backend = "${backend.url}"\n`);
+    const url = `http://${edge.listen}`;
+    // An idle keep-alive connection must not hold shutdown up.
+    const idle = await request(`${url}/warm`);
+    expect(await idle.body.text()).toBe('quick');
+
+    const inFlight = request(`${url}/slow`).then(async (r) => ({ status: r.statusCode, body: await r.body.text() }));
+    await sleep(150);
+    const stopAt = Date.now();
+    edge.child.kill('SIGTERM');
+    await sleep(150);
+    await expect(fetch(`${url}/new`, { headers: { connection: 'close' } })).rejects.toThrow();
+    expect(await inFlight).toEqual({ status: 200, body: 'finished' });
+    expect(await edge.exited).toBe(0);
+    expect(Date.now() - stopAt).toBeLessThan(5000);
+    expect(edge.logs.some((l) => l.msg === 'stopped')).toBe(true);
+  });
+
+  it('cuts requests still running when shutdown_timeout runs out, and exits 0', async () => {
+    const backend = await startBackend(() => {
+      // never answers
+    });
+    const edge = await startCli(`listen_addr = "127.0.0.1:0"\nauth_backend = "${backend.url}"\nshutdown_timeout = "300ms"\n`);
+    const stuck = request(`http://${edge.listen}/forever`).then(
+      () => 'answered',
+      () => 'cut',
+    );
+    await sleep(150);
+    const stopAt = Date.now();
+    edge.child.kill('SIGTERM');
+    expect(await edge.exited).toBe(0);
+    expect(Date.now() - stopAt).toBeLessThan(3000);
+    expect(await stuck).toBe('cut');
+  });
+});

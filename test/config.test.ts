@@ -1,0 +1,140 @@
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ConfigError } from '../config/errors.js';
+import { loadConfig, loadConfigFile } from '../config/load.js';
+import { DEFAULT_MAX_SCALER_PROCS, parseListenAddr } from '../config/schema.js';
+
+function errorOf(text: string): string {
+  try {
+    loadConfig(text, { source: 'outrider.toml' });
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return (err as Error).message;
+  }
+  throw new Error('expected the config to be refused');
+}
+
+describe('configuration', () => {
+  it('has Workhorse-compatible defaults when the file is empty', () => {
+    expect(loadConfig('')).toEqual({
+      listenAddr: { kind: 'tcp', host: 'localhost', port: 8181 },
+      authBackend: 'http://localhost:8080',
+      authSocket: undefined,
+      secretPath: '.gitlab_workhorse_secret',
+      proxyHeadersTimeoutMs: 300_000,
+      shutdownTimeoutMs: 60_000,
+      propagateCorrelationId: false,
+      logLevel: 'info',
+      imageResizer: { maxScalerProcs: DEFAULT_MAX_SCALER_PROCS, maxFilesize: 250_000 },
+    });
+    expect(DEFAULT_MAX_SCALER_PROCS).toBeGreaterThanOrEqual(2);
+  });
+
+  it('documents every key with its default in config.example.toml', () => {
+    const text = readFileSync(new URL('../config.example.toml', import.meta.url), 'utf8');
+    const example = loadConfig(text, { source: 'config.example.toml' });
+    // max_scaler_procs depends on the machine; everything else is exactly the default.
+    expect({ ...example, imageResizer: { ...example.imageResizer, maxScalerProcs: 0 } }).toEqual({
+      ...loadConfig(''),
+      imageResizer: { ...loadConfig('').imageResizer, maxScalerProcs: 0 },
+    });
+    for (const key of [
+      'listen_addr',
+      'auth_backend',
+      'auth_socket',
+      'secret_path',
+      'proxy_headers_timeout',
+      'shutdown_timeout',
+      'propagate_correlation_id',
+      'log_level',
+      'max_scaler_procs',
+      'max_filesize',
+    ]) {
+      expect(text).toMatch(new RegExp(`^#? ?${key} = `, 'm'));
+    }
+  });
+
+  it('reads durations, addresses and sections', () => {
+    const c = loadConfig(`
+listen_addr = "unix:/run/outrider.sock"
+auth_backend = "https://app.internal:3000"
+auth_socket = "/run/app.sock"
+proxy_headers_timeout = "1m30s"
+shutdown_timeout = "0"
+propagate_correlation_id = true
+[image_resizer]
+max_scaler_procs = 8
+max_filesize = 0
+`);
+    expect(c.listenAddr).toEqual({ kind: 'unix', path: '/run/outrider.sock' });
+    expect(c.authBackend).toBe('https://app.internal:3000');
+    expect(c.authSocket).toBe('/run/app.sock');
+    expect(c.proxyHeadersTimeoutMs).toBe(90_000);
+    expect(c.shutdownTimeoutMs).toBe(0);
+    expect(c.propagateCorrelationId).toBe(true);
+    expect(c.imageResizer).toEqual({ maxScalerProcs: 8, maxFilesize: 0 });
+    expect(parseListenAddr('[::1]:8181')).toEqual({ kind: 'tcp', host: '::1', port: 8181 });
+    expect(parseListenAddr(':8181')).toEqual({ kind: 'tcp', host: '0.0.0.0', port: 8181 });
+    expect(parseListenAddr('localhost:99999')).toBeUndefined();
+    expect(parseListenAddr('unix:relative.sock')).toBeUndefined();
+  });
+
+  it('refuses unknown keys, naming the key and where it is', () => {
+    expect(errorOf('listen_adr = "x:1"')).toBe('outrider.toml: invalid config\n  - listen_adr: unknown key at the top level');
+    expect(errorOf('[image_resizer]\nmax_filesise = 1')).toBe(
+      'outrider.toml: invalid config\n  - image_resizer.max_filesise: unknown key in [image_resizer]',
+    );
+    expect(errorOf('[uploads]\ntemp_dir = "/tmp"')).toContain('uploads.temp_dir: unknown key in [uploads]');
+    expect(errorOf('[imageresizer]\nmax_filesize = 1')).toContain('imageresizer: unknown key at the top level');
+  });
+
+  it('refuses wrong types and impossible values, saying what was expected', () => {
+    expect(errorOf('listen_addr = 8181')).toContain('listen_addr: Invalid input: expected string, received number');
+    expect(errorOf('listen_addr = "localhost"')).toContain(
+      'listen_addr: expected "host:port" (port 0-65535) or "unix:/absolute/path", got "localhost"',
+    );
+    expect(errorOf('auth_backend = "localhost:8080"')).toContain('auth_backend: expected an http:// or https:// origin');
+    expect(errorOf('auth_backend = "http://app/prefix"')).toContain('auth_backend: expected an http:// or https:// origin');
+    expect(errorOf('auth_socket = "app.sock"')).toContain('auth_socket: expected an absolute path to a unix socket');
+    expect(errorOf('proxy_headers_timeout = "5"')).toContain(
+      'proxy_headers_timeout: expected the backend response-header timeout as a duration like "500ms", "30s" or "5m", got "5"',
+    );
+    expect(errorOf('proxy_headers_timeout = "0s"')).toContain(
+      'proxy_headers_timeout: expected the backend response-header timeout greater than zero',
+    );
+    expect(errorOf('shutdown_timeout = 60')).toContain('shutdown_timeout: Invalid input: expected string, received number');
+    expect(errorOf('propagate_correlation_id = "yes"')).toContain('propagate_correlation_id: expected true or false');
+    expect(errorOf('log_level = "loud"')).toContain('log_level: expected one of');
+    expect(errorOf('[image_resizer]\nmax_scaler_procs = 0')).toContain(
+      'image_resizer.max_scaler_procs: expected a number of concurrent scaling jobs of at least 1',
+    );
+    expect(errorOf('[image_resizer]\nmax_scaler_procs = 2.5')).toContain('as a whole number');
+    expect(errorOf('[image_resizer]\nmax_filesize = -1')).toContain('image_resizer.max_filesize: expected a size in bytes of at least 0');
+    expect(errorOf('image_resizer = 3')).toContain('image_resizer: Invalid input: expected object, received number');
+  });
+
+  it('reports every problem at once', () => {
+    const message = errorOf('listen_addr = "nope"\nlog_level = 3\n[image_resizer]\nmax_filesize = "big"');
+    expect(message.split('\n')).toHaveLength(4);
+  });
+
+  it('reports TOML syntax errors with line and column', () => {
+    expect(errorOf('listen_addr = "a:1"\nauth_backend = ')).toMatch(/^outrider\.toml: invalid TOML at line 2, column \d+\n/);
+  });
+
+  it('names the file in every message when loading from disk', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'outrider-config-'));
+    const file = join(dir, 'edge.toml');
+    writeFileSync(file, '[image_resizer]\nmax_filesize = -5\n');
+    expect(() => loadConfigFile(file)).toThrow(`${file}: invalid config\n  - image_resizer.max_filesize:`);
+    expect(() => loadConfigFile(join(dir, 'missing.toml'))).toThrow(`${join(dir, 'missing.toml')}: cannot read config file (no such file)`);
+  });
+
+  it('names the command-line flag when an override is invalid', () => {
+    expect(() =>
+      loadConfig('', { source: 'edge.toml', overrides: [{ key: 'listen_addr', flag: '--listen-addr', value: 'nowhere' }] }),
+    ).toThrow('edge.toml: invalid config\n  - --listen-addr (listen_addr): expected "host:port"');
+  });
+});
