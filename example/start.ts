@@ -1,0 +1,55 @@
+import { spawn } from 'node:child_process';
+import type { AddressInfo } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { createExampleBackend } from './backend.js';
+
+/**
+ * `npm start`: the example backend on 127.0.0.1:8080 and Outrider on 127.0.0.1:8181 in front of
+ * it (example/outrider.toml), Outrider's logs on stdout, URLs to try once both are up.
+ * EXAMPLE_BACKEND_PORT and OUTRIDER_PORT move them (0 picks a free port). Ctrl-C stops both.
+ */
+const backendPort = Number(process.env.EXAMPLE_BACKEND_PORT ?? 8080);
+const edgePort = Number(process.env.OUTRIDER_PORT ?? 8181);
+const cli = fileURLToPath(new URL('../proxy/cli.js', import.meta.url));
+const config = fileURLToPath(new URL('../../example/outrider.toml', import.meta.url));
+
+const backend = createExampleBackend();
+backend.on('error', (err: NodeJS.ErrnoException) => {
+  process.stderr.write(`example backend: cannot listen on 127.0.0.1:${backendPort} (${err.code}); set EXAMPLE_BACKEND_PORT\n`);
+  process.exit(1);
+});
+backend.listen(backendPort, '127.0.0.1', () => {
+  const { port } = backend.address() as AddressInfo;
+  const edge = spawn(
+    process.execPath,
+    [cli, '--config', config, '--listen-addr', `127.0.0.1:${edgePort}`, '--auth-backend', `http://127.0.0.1:${port}`],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  let buffer = '';
+  edge.stdout.on('data', (chunk: Buffer) => {
+    process.stdout.write(chunk);
+    buffer += chunk.toString();
+    const ready = buffer.split('\n').find((line) => line.includes('"msg":"outrider ready"'));
+    if (ready === undefined) return;
+    buffer = '';
+    const { listen } = JSON.parse(ready) as { listen: string };
+    const base = `http://${listen}`;
+    process.stdout.write(
+      `\nOutrider is up on ${base} in front of the example backend on http://127.0.0.1:${port}\nTry:\n` +
+        `  ${base}/                 the example app's home page, through Outrider\n` +
+        `  curl -i ${base}/headers  what the backend receives (Gitlab-Workhorse, X-Forwarded-For, X-Request-Id)\n` +
+        `  curl -N ${base}/stream   a response relayed line by line as the backend writes it\n` +
+        `  curl -i ${base}/internal an internal API answer Outrider refuses to leak (500)\n` +
+        'Ctrl-C stops both.\n\n',
+    );
+  });
+  const stop = (signal: NodeJS.Signals) => {
+    edge.kill(signal);
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+  edge.on('exit', (code) => {
+    backend.closeAllConnections();
+    backend.close(() => process.exit(code ?? 0));
+  });
+});

@@ -1,0 +1,49 @@
+import { spawn } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { request } from 'undici';
+import { describe, expect, it, onTestFinished } from 'vitest';
+
+// What `npm start` runs, after `npm run build` (pretest builds too).
+const START = fileURLToPath(new URL('../dist/example/start.js', import.meta.url));
+
+describe('npm start', () => {
+  it('brings up Outrider in front of the example backend and stops both on Ctrl-C', async () => {
+    const child = spawn(process.execPath, [START], {
+      env: { ...process.env, OUTRIDER_PORT: '0', EXAMPLE_BACKEND_PORT: '0' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    onTestFinished(() => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    });
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    let out = '';
+    const base = await Promise.race([
+      new Promise<string>((resolve) => {
+        child.stdout.on('data', (d: Buffer) => {
+          out += d.toString();
+          const m = /Outrider is up on (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
+          if (m) resolve(m[1] as string);
+        });
+      }),
+      sleep(10_000).then(() => Promise.reject(new Error(`npm start did not come up:\n${out}`))),
+    ]);
+    expect(out).toContain('Try:');
+
+    const home = await request(`${base}/`);
+    expect(await home.body.text()).toContain('through Outrider 0.');
+    const headers = (await (await request(`${base}/headers`)).body.json()) as { headers: Record<string, string[]> };
+    expect(headers.headers['Gitlab-Workhorse']).toHaveLength(1);
+    expect(headers.headers['X-Forwarded-For']).toEqual(['127.0.0.1']);
+    const internal = await request(`${base}/internal`);
+    expect(internal.statusCode).toBe(500);
+    expect(await internal.body.text()).toBe('Internal Server Error\n');
+    const stream = await request(`${base}/stream`);
+    expect((await stream.body.text()).trim().split('\n')).toHaveLength(10);
+    const echo = await request(`${base}/echo`, { method: 'POST', body: 'hello' });
+    expect(await echo.body.json()).toMatchObject({ method: 'POST', size: 5 });
+
+    child.kill('SIGINT');
+    expect(await exited).toBe(0);
+  });
+});
