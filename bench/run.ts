@@ -48,12 +48,18 @@ async function startOrigin(): Promise<{ child: ChildProcess; port: number }> {
   return { child, port };
 }
 
-async function startEdge(originPort: number): Promise<{ child: ChildProcess; port: number }> {
+/**
+ * Starts Outrider. `extraToml` and `nodeArgs` come from BENCH_EDGE_CONFIG / BENCH_EDGE_NODE_ARGS,
+ * or for the second instance (edge-b, run only when one of them is set) from BENCH_B_CONFIG /
+ * BENCH_B_NODE_ARGS: two configurations compared in the same interleaved rounds.
+ */
+async function startEdge(originPort: number, name: string, extraToml = '', nodeArgs = ''): Promise<{ child: ChildProcess; port: number }> {
   const port = await freePort();
-  const configPath = join(tmpdir(), `outrider-bench-${process.pid}.toml`);
-  writeFileSync(configPath, `listen_addr = "127.0.0.1:${port}"\nauth_backend = "http://127.0.0.1:${originPort}"\n`);
+  const configPath = join(tmpdir(), `outrider-bench-${process.pid}-${name}.toml`);
+  writeFileSync(configPath, `listen_addr = "127.0.0.1:${port}"\nauth_backend = "http://127.0.0.1:${originPort}"\n${extraToml}\n`);
   // Access logs stay on (a production setting) and go to /dev/null.
-  const child = spawn(process.execPath, [cli, '--config', configPath], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const args = nodeArgs.split(' ').filter(Boolean);
+  const child = spawn(process.execPath, [...args, cli, '--config', configPath], { stdio: ['ignore', 'ignore', 'inherit'] });
   for (let i = 0; i < 100; i++) {
     try {
       const res = await fetch(`http://127.0.0.1:${port}/1k`);
@@ -64,6 +70,14 @@ async function startEdge(originPort: number): Promise<{ child: ChildProcess; por
     }
   }
   throw new Error('Outrider did not start');
+}
+
+/** The bare node:http + undici forward: the floor for any Node proxy. */
+async function startBare(originPort: number): Promise<{ child: ChildProcess; port: number }> {
+  const port = await freePort();
+  const child = spawn(process.execPath, [join(here, 'bare-proxy.js'), String(port), String(originPort)], { stdio: 'inherit' });
+  await new Promise((r) => setTimeout(r, 500));
+  return { child, port };
 }
 
 /**
@@ -151,13 +165,28 @@ const median = (xs: number[]): number => {
 };
 
 async function main(): Promise<void> {
+  const children: ChildProcess[] = [];
+  const killAll = () => {
+    for (const child of children) if (child.exitCode === null) child.kill(child.spawnfile.includes('nginx') ? 'SIGQUIT' : 'SIGTERM');
+  };
+  process.on('exit', killAll);
   const origin = await startOrigin();
-  const edge = await startEdge(origin.port);
+  children.push(origin.child);
+  const edge = await startEdge(origin.port, 'a', process.env.BENCH_EDGE_CONFIG, process.env.BENCH_EDGE_NODE_ARGS);
+  children.push(edge.child);
+  const wantB = process.env.BENCH_B_CONFIG !== undefined || process.env.BENCH_B_NODE_ARGS !== undefined;
+  const edgeB = wantB ? await startEdge(origin.port, 'b', process.env.BENCH_B_CONFIG, process.env.BENCH_B_NODE_ARGS) : undefined;
+  if (edgeB !== undefined) children.push(edgeB.child);
+  const bare = await startBare(origin.port);
+  children.push(bare.child);
   const nginx = await startNginx(origin.port);
+  if (nginx !== undefined) children.push(nginx.child);
   const selected = scenarios.filter((s) => (only === undefined || only.includes(s.name)) && (s.target !== 'nginx' || nginx !== undefined));
   const procs: Procs = {
     direct: { port: origin.port, pid: origin.child.pid },
     edge: { port: edge.port, pid: edge.child.pid },
+    'edge-b': { port: edgeB?.port ?? 0, pid: edgeB?.child.pid },
+    bare: { port: bare.port, pid: bare.child.pid },
     nginx: { port: nginx?.port ?? 0, pid: nginx?.child.pid },
   };
   const samples = new Map<string, Sample[]>();
@@ -175,9 +204,7 @@ async function main(): Promise<void> {
       }
     }
   } finally {
-    edge.child.kill('SIGTERM');
-    nginx?.child.kill('SIGQUIT');
-    origin.child.kill('SIGTERM');
+    killAll();
   }
 
   const rows = selected.map((s) => {

@@ -1,8 +1,12 @@
 /** One autocannon run: which server it targets and what it asks for. */
 export interface Scenario {
   name: string;
-  /** `direct` hits the origin backend; `edge` goes through Outrider; `nginx` through nginx (reference, when installed). */
-  target: 'direct' | 'edge' | 'nginx';
+  /**
+   * `direct` hits the origin backend; `edge` goes through Outrider (`edge-b`: a second Outrider with
+   * BENCH_B_CONFIG / BENCH_B_NODE_ARGS, when set); `bare` through the bare Node
+   * forward (bench/bare-proxy.ts, the floor for a Node proxy); `nginx` through nginx (when installed).
+   */
+  target: 'direct' | 'edge' | 'edge-b' | 'bare' | 'nginx';
   path: string;
   method?: 'GET' | 'POST' | 'PUT';
   connections: number;
@@ -14,5 +18,7 @@ export interface Scenario {
 export const scenarios: Scenario[] = [
   { name: 'direct-1k', target: 'direct', path: '/1k', connections: 50 },
   { name: 'proxy-1k', target: 'edge', path: '/1k', connections: 50, baseline: 'direct-1k' },
+  { name: 'proxy-b-1k', target: 'edge-b', path: '/1k', connections: 50, baseline: 'direct-1k' },
+  { name: 'bare-node-1k', target: 'bare', path: '/1k', connections: 50, baseline: 'direct-1k' },
   { name: 'nginx-1k', target: 'nginx', path: '/1k', connections: 50, baseline: 'direct-1k' },
 ];

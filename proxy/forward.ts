@@ -1,4 +1,4 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http';
 import type { FastifyBaseLogger, FastifyPluginCallback } from 'fastify';
 import type { Dispatcher } from 'undici';
 import { EdgeInternal, mapUpstreamError, writeError } from './errors.js';
@@ -6,10 +6,14 @@ import {
   connectionTokens,
   DETECT_CONTENT_TYPE,
   FORWARDED_FOR,
+  PROXY_START,
+  REQUEST_ID,
   REQUEST_STRIPPED,
   RESPONSE_STRIPPED,
   SEND_DATA,
   SENDFILE,
+  SENDFILE_TYPE,
+  WORKHORSE,
 } from './headers.js';
 import type { Interceptor, ResponseHead } from './intercept.js';
 
@@ -51,16 +55,17 @@ export const forwardPlugin: FastifyPluginCallback<{ forward: Forwarder }> = (app
 export function createForwarder(opts: ForwardOptions): Forwarder {
   return (req, res, requestId) => {
     const handler = new ForwardHandler(req, res, requestId, opts);
-    const hasBody = req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0';
-    res.on('close', handler.onClientClose);
+    (res as HandledResponse)[kHandler] = handler;
+    res.on('close', onResponseClose);
     try {
+      const headers = requestHeaders(req, handler.peer, requestId, opts.version);
       opts.upstream.dispatch(
         {
           origin: undefined,
           method: req.method as Dispatcher.HttpMethod,
           path: req.url as string,
-          headers: requestHeaders(req, handler.peer, requestId, opts.version),
-          body: hasBody ? req : null,
+          headers: headers.list,
+          body: headers.hasBody ? req : null,
           // A client that sent `Connection: close` should not cost us the backend connection.
           reset: false,
         },
@@ -73,12 +78,33 @@ export function createForwarder(opts: ForwardOptions): Forwarder {
   };
 }
 
-/** The client's headers minus hop-by-hop and spoofable ones, plus what the backend expects from Workhorse. */
-export function requestHeaders(req: IncomingMessage, peer: string, requestId: string, version: string): string[] {
+const kHandler = Symbol('outrider.forwardHandler');
+type HandledResponse = ServerResponse & { [kHandler]: ForwardHandler };
+
+// Shared listeners that find their handler on the response: no closure allocated per request.
+function onResponseClose(this: ServerResponse): void {
+  (this as HandledResponse)[kHandler].onClientClose();
+}
+function onResponseDrain(this: ServerResponse): void {
+  (this as HandledResponse)[kHandler].onDrain();
+}
+
+/**
+ * The client's headers minus hop-by-hop and spoofable ones, plus what the backend expects from
+ * Workhorse; and whether a body follows, read from the same scan (Node's `req.headers` object is
+ * built lazily, and never needed here).
+ */
+export function requestHeaders(
+  req: IncomingMessage,
+  peer: string,
+  requestId: string,
+  version: string,
+): { list: string[]; hasBody: boolean } {
   const raw = req.rawHeaders;
   const out: string[] = [];
   let forwardedFor: string | undefined;
   let connection: string | undefined;
+  let hasBody = false;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string;
     const value = raw[i + 1] as string;
@@ -86,24 +112,27 @@ export function requestHeaders(req: IncomingMessage, peer: string, requestId: st
     if (REQUEST_STRIPPED.has(lower)) {
       if (lower === FORWARDED_FOR) forwardedFor = forwardedFor === undefined ? value : `${forwardedFor}, ${value}`;
       else if (lower === 'connection') connection = connection === undefined ? value : `${connection}, ${value}`;
+      else if (lower === 'transfer-encoding') hasBody = true;
       continue;
     }
+    if (lower === 'content-length' && value !== '0') hasBody = true;
     out.push(name, value);
   }
   const filtered = connection === undefined ? out : withoutNamed(out, connectionTokens(connection));
+  // Lower-case names: undici validates them without lower-casing again (HTTP names are case-insensitive).
   filtered.push(
-    'X-Forwarded-For',
+    FORWARDED_FOR,
     forwardedFor === undefined ? peer : `${forwardedFor}, ${peer}`,
-    'Gitlab-Workhorse',
+    WORKHORSE,
     version,
-    'Gitlab-Workhorse-Proxy-Start',
+    PROXY_START,
     `${Date.now()}000000`,
-    'X-Sendfile-Type',
+    SENDFILE_TYPE,
     'X-Sendfile',
-    'X-Request-Id',
+    REQUEST_ID,
     requestId,
   );
-  return filtered;
+  return { list: filtered, hasBody };
 }
 
 function withoutNamed(headers: string[], names: string[]): string[] {
@@ -206,7 +235,9 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     // During shutdown the connection closes after this response instead of going back to idle.
     if (this.opts.isClosing()) this.res.shouldKeepAlive = false;
     try {
-      this.res.writeHead(statusCode, statusMessage || undefined, head.headers);
+      // A standard reason phrase is Node's default; passing it again only costs a validation.
+      const reason = statusMessage === '' || statusMessage === STATUS_CODES[statusCode] ? undefined : statusMessage;
+      this.res.writeHead(statusCode, reason, head.headers);
     } catch (err) {
       // A header Node refuses to send: the backend's answer cannot be relayed as it is.
       this.log.error({ err, subsystem: 'proxy' }, 'backend response headers cannot be relayed');
@@ -225,7 +256,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     }
     this.bytes += chunk.length;
     if (this.res.write(chunk)) return true;
-    this.res.once('drain', this.onDrain);
+    this.res.once('drain', onResponseDrain);
     return false;
   }
 
@@ -244,9 +275,9 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     writeError(this.res, edge);
   }
 
-  private onDrain = (): void => {
+  onDrain(): void {
     this.resume?.();
-  };
+  }
 
   private runInterceptor(interceptor: Interceptor, head: ResponseHead): void {
     const ctx = { req: this.req, res: this.res, requestId: this.requestId, head, log: this.log };
@@ -257,7 +288,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   }
 
   /** Runs once per request: cancels the backend request if the client left early, then writes the access-log line. */
-  onClientClose = (): void => {
+  onClientClose(): void {
     const res = this.res;
     const aborted = !res.writableFinished;
     if (aborted) {
@@ -281,5 +312,5 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
       },
       'request',
     );
-  };
+  }
 }

@@ -40,7 +40,12 @@ export interface Interceptor {
 export const blockInternalApi: Interceptor = {
   name: 'internal-api-block',
   match(head) {
-    return head.contentType?.toLowerCase().startsWith(API_CONTENT_TYPE) === true;
+    const type = head.contentType;
+    return (
+      type !== undefined &&
+      type.length >= API_CONTENT_TYPE.length &&
+      type.slice(0, API_CONTENT_TYPE.length).toLowerCase() === API_CONTENT_TYPE
+    );
   },
   async serve({ res, log, head }) {
     log.warn({ subsystem: 'proxy', status: head.statusCode }, 'blocked a backend response with an internal API content type');

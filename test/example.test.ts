@@ -32,9 +32,10 @@ describe('npm start', () => {
 
     const home = await request(`${base}/`);
     expect(await home.body.text()).toContain('through Outrider 0.');
-    const headers = (await (await request(`${base}/headers`)).body.json()) as { headers: Record<string, string[]> };
-    expect(headers.headers['Gitlab-Workhorse']).toHaveLength(1);
-    expect(headers.headers['X-Forwarded-For']).toEqual(['127.0.0.1']);
+    const seen = (await (await request(`${base}/headers`)).body.json()) as { headers: Record<string, string[]> };
+    const headers = Object.fromEntries(Object.entries(seen.headers).map(([name, values]) => [name.toLowerCase(), values]));
+    expect(headers['gitlab-workhorse']).toHaveLength(1);
+    expect(headers['x-forwarded-for']).toEqual(['127.0.0.1']);
     const internal = await request(`${base}/internal`);
     expect(internal.statusCode).toBe(500);
     expect(await internal.body.text()).toBe('Internal Server Error\n');
