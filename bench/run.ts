@@ -181,7 +181,8 @@ async function main(): Promise<void> {
   children.push(bare.child);
   const nginx = await startNginx(origin.port);
   if (nginx !== undefined) children.push(nginx.child);
-  const selected = scenarios.filter((s) => (only === undefined || only.includes(s.name)) && (s.target !== 'nginx' || nginx !== undefined));
+  const available = (s: Scenario) => (s.target !== 'nginx' || nginx !== undefined) && (s.target !== 'edge-b' || edgeB !== undefined);
+  const selected = scenarios.filter((s) => (only === undefined || only.includes(s.name)) && available(s));
   const procs: Procs = {
     direct: { port: origin.port, pid: origin.child.pid },
     edge: { port: edge.port, pid: edge.child.pid },
