@@ -7,6 +7,8 @@ export const EdgeUpstreamUnavailable = createError('EDGE_UPSTREAM_UNAVAILABLE', 
 export const EdgeUpstreamTimeout = createError('EDGE_UPSTREAM_TIMEOUT', 'Gateway Timeout: the backend did not answer in time', 504);
 export const EdgeUpstreamInternalApi = createError('EDGE_UPSTREAM_INTERNAL_API', 'Internal Server Error', 500);
 export const EdgeRequestInvalid = createError<[string, { cause: unknown }?]>('EDGE_REQUEST_INVALID', 'Bad Request: %s', 400);
+export const EdgeSendfileMissing = createError('EDGE_SENDFILE_MISSING', 'Not Found', 404);
+export const EdgeSendfileInvalid = createError('EDGE_SENDFILE_INVALID', 'Bad Gateway: the backend sent an invalid instruction', 502);
 export const EdgeInternal = createError('EDGE_INTERNAL', 'Internal Server Error', 500);
 
 const TIMEOUT_CODES = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT']);

@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { FastifyBaseLogger } from 'fastify';
 import { EdgeUpstreamInternalApi, writeError } from './errors.js';
 import { API_CONTENT_TYPE } from './headers.js';
+import { sendfile } from './sendfile.js';
 
 /**
  * What the backend answered, read once while its headers are copied: `headers` is the flat
@@ -55,5 +56,5 @@ export const blockInternalApi: Interceptor = {
 
 /** The single registration list, in match order; the first match wins. */
 export function createInterceptors(): Interceptor[] {
-  return [blockInternalApi];
+  return [blockInternalApi, sendfile];
 }

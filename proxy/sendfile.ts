@@ -1,0 +1,90 @@
+import { isAbsolute } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import send from '@fastify/send';
+import { EdgeSendfileInvalid, EdgeSendfileMissing, writeError } from './errors.js';
+import type { Interceptor } from './intercept.js';
+
+/** Headers of the backend's own response that describe its (discarded) body, not the file. */
+const BODY_HEADERS = new Set(['content-length', 'content-range', 'accept-ranges', 'last-modified', 'etag']);
+
+/**
+ * X-Sendfile (Workhorse `internal/sendfile`): a 200 carrying `X-Sendfile: <absolute path>` makes
+ * Outrider serve that file itself. Range (206, 416), If-Modified-Since and If-Unmodified-Since are
+ * answered from the file's size and mtime by @fastify/send; the backend's Content-Type,
+ * Content-Disposition, Cache-Control and other headers are kept. A file that cannot be opened,
+ * or a directory, is a 404, as in Workhorse; the path only goes to the log.
+ */
+export const sendfile: Interceptor = {
+  name: 'sendfile',
+  match(head) {
+    return head.statusCode === 200 && head.sendfile !== undefined && head.sendfile !== '';
+  },
+  async serve({ req, res, head, log }) {
+    const file = head.sendfile as string;
+    if (!isAbsolute(file) || file.includes('\0')) {
+      log.error({ subsystem: 'sendfile', file }, 'the backend sent an X-Sendfile path that is not absolute');
+      writeError(res, new EdgeSendfileInvalid());
+      return;
+    }
+    const result = await send(req, toUrlPath(file), {
+      root: '/',
+      dotfiles: 'allow',
+      index: false,
+      etag: false,
+      cacheControl: false,
+      acceptRanges: true,
+      lastModified: true,
+      contentType: head.contentType === undefined,
+    });
+    if (result.type === 'error' && (result.statusCode === 416 || result.statusCode === 412)) {
+      // A range past the end, or a failed If-Unmodified-Since: the file exists, the precondition does not hold.
+      result.stream.destroy();
+      const range = result.headers['Content-Range'];
+      res.writeHead(result.statusCode, range === undefined ? { 'content-length': 0 } : { 'content-range': range, 'content-length': 0 });
+      res.end();
+      return;
+    }
+    if (result.type !== 'file') {
+      result.stream.destroy();
+      log.warn({ subsystem: 'sendfile', file, status: result.statusCode }, 'X-Sendfile file cannot be served');
+      writeError(res, new EdgeSendfileMissing());
+      return;
+    }
+    const headers: string[] = [];
+    for (let i = 0; i < head.headers.length; i += 2) {
+      const name = head.headers[i] as string;
+      if (!BODY_HEADERS.has(name.toLowerCase())) headers.push(name, head.headers[i + 1] as string);
+    }
+    for (const [name, value] of Object.entries(result.headers)) {
+      if (name.toLowerCase() === 'content-type' && head.contentType !== undefined) continue;
+      headers.push(name, value);
+    }
+    headers.push('X-Accel-Buffering', 'no');
+    if (result.statusCode === 304) {
+      // A 304 describes no body: no Content-Type or Content-Length (RFC 9110 §15.4.5).
+      for (let i = headers.length - 2; i >= 0; i -= 2) {
+        const lower = (headers[i] as string).toLowerCase();
+        if (lower === 'content-type' || lower === 'content-length') headers.splice(i, 2);
+      }
+    }
+    res.writeHead(result.statusCode, headers);
+    log.info({ subsystem: 'sendfile', file, status: result.statusCode, bytes: Number(result.headers['Content-Length'] ?? 0) }, 'send file');
+    try {
+      await pipeline(result.stream, res);
+    } catch (err) {
+      // The client left, or the file could not be read to the end: the connection is cut either way.
+      if (!res.writableFinished && (err as NodeJS.ErrnoException).code !== 'ERR_STREAM_PREMATURE_CLOSE') {
+        log.warn({ err, subsystem: 'sendfile', file }, 'X-Sendfile transfer failed');
+      }
+      res.destroy();
+    }
+  },
+};
+
+/** @fastify/send takes a URL path: each segment of the file path, percent-encoded. */
+function toUrlPath(file: string): string {
+  return file
+    .split('/')
+    .map((segment) => encodeURIComponent(segment))
+    .join('/');
+}
