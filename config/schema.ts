@@ -32,7 +32,11 @@ const duration = (what: string) =>
     return ms;
   });
 
-const positiveDuration = (what: string) => duration(what).refine((ms) => ms > 0, { message: `expected ${what} greater than zero` });
+const positiveDuration = (what: string) =>
+  duration(what)
+    .refine((ms) => ms > 0, { message: `expected ${what} greater than zero` })
+    // Node timers cannot wait longer than 2^31-1 ms; a day is already far beyond any useful value.
+    .refine((ms) => ms <= 86_400_000, { message: `expected ${what} of at most "24h"` });
 
 const wholeNumber = (what: string, min: number) =>
   z
@@ -96,7 +100,9 @@ const fileSchema = z.strictObject({
     .optional(),
   secret_path: z.string().min(1, { error: 'expected a file path' }).default('.gitlab_workhorse_secret'),
   proxy_headers_timeout: positiveDuration('the backend response-header timeout').default(300_000),
-  shutdown_timeout: duration('the shutdown grace period').default(60_000),
+  shutdown_timeout: duration('the shutdown grace period')
+    .refine((ms) => ms <= 86_400_000, { message: 'expected the shutdown grace period of at most "24h"' })
+    .default(60_000),
   propagate_correlation_id: z.boolean({ error: 'expected true or false' }).default(false),
   log_level: z
     .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], {

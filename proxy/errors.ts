@@ -9,9 +9,11 @@ export const EdgeUpstreamInternalApi = createError('EDGE_UPSTREAM_INTERNAL_API',
 export const EdgeRequestInvalid = createError<[string, { cause: unknown }?]>('EDGE_REQUEST_INVALID', 'Bad Request: %s', 400);
 export const EdgeSendfileMissing = createError('EDGE_SENDFILE_MISSING', 'Not Found', 404);
 export const EdgeSendfileInvalid = createError('EDGE_SENDFILE_INVALID', 'Bad Gateway: the backend sent an invalid instruction', 502);
+export const EdgeShuttingDown = createError('EDGE_SHUTTING_DOWN', 'Service Unavailable: shutting down', 503);
 export const EdgeInternal = createError('EDGE_INTERNAL', 'Internal Server Error', 500);
 
-const TIMEOUT_CODES = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT']);
+/** The backend accepted the request and then did not answer in time. Failing to connect at all is a 502. */
+const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
 
 /** Maps an undici (or socket) failure talking to the backend to the error the client sees. */
 export function mapUpstreamError(err: unknown): FastifyError {

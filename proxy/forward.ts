@@ -1,7 +1,7 @@
 import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http';
 import type { FastifyBaseLogger, FastifyPluginCallback } from 'fastify';
 import type { Dispatcher } from 'undici';
-import { EdgeInternal, mapUpstreamError, writeError } from './errors.js';
+import { EdgeInternal, EdgeRequestInvalid, EdgeShuttingDown, mapUpstreamError, writeError } from './errors.js';
 import {
   connectionTokens,
   DETECT_CONTENT_TYPE,
@@ -57,6 +57,19 @@ export function createForwarder(opts: ForwardOptions): Forwarder {
     const handler = new ForwardHandler(req, res, requestId, opts);
     (res as HandledResponse)[kHandler] = handler;
     res.on('close', onResponseClose);
+    if (opts.isClosing()) {
+      // Shutting down: new requests on open keep-alive connections are told to go elsewhere.
+      res.shouldKeepAlive = false;
+      writeError(res, new EdgeShuttingDown());
+      return;
+    }
+    // Only origin-form targets ("/path?query") are forwarded: an absolute-form target would let the
+    // client choose the host the backend believes it serves (RFC 9112 §3.2.2); "*" has no path.
+    if ((req.url as string).charCodeAt(0) !== 47) {
+      res.shouldKeepAlive = false;
+      writeError(res, new EdgeRequestInvalid('the request target must be a path'));
+      return;
+    }
     try {
       const headers = requestHeaders(req, handler.peer, requestId, opts.version);
       opts.upstream.dispatch(
@@ -174,7 +187,8 @@ export function readHead(statusCode: number, raw: Buffer[], statusMessage: strin
       else if (lower === 'connection') connection = connection === undefined ? value : `${connection}, ${value}`;
       continue;
     }
-    if (lower === 'content-type') head.contentType = value;
+    // The first Content-Type is the one that counts (as Go's Header.Get in Workhorse).
+    if (lower === 'content-type' && head.contentType === undefined) head.contentType = value;
     head.headers.push(name, value);
   }
   if (connection !== undefined) head.headers = withoutNamed(head.headers, connectionTokens(connection));
@@ -223,6 +237,11 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusMessage: string): boolean {
+    // Interim responses (103 Early Hints…) are not relayed: the final response follows.
+    if (statusCode < 200) return true;
+    // The backend answered before the client finished sending (an early 413 or 401): undici stops
+    // reading the client's body, so the connection cannot be reused and closes after this answer.
+    if (!this.req.complete) this.res.shouldKeepAlive = false;
     const head = readHead(statusCode, rawHeaders, statusMessage);
     for (const interceptor of this.opts.interceptors) {
       if (interceptor.match(head)) {
@@ -241,9 +260,9 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     } catch (err) {
       // A header Node refuses to send: the backend's answer cannot be relayed as it is.
       this.log.error({ err, subsystem: 'proxy' }, 'backend response headers cannot be relayed');
-      this.abortUpstream?.(err as Error);
       this.intercepted = true;
       writeError(this.res, mapUpstreamError(err));
+      this.abortUpstream?.(err as Error);
     }
     return true;
   }

@@ -22,30 +22,38 @@ export function createBatchedDestination(dest: number | string = 1): BatchedDest
   const fd = typeof dest === 'number' ? dest : openSync(dest, 'a');
   let pending: string[] = [];
   let pendingBytes = 0;
+  // Bytes a full non-blocking pipe did not take yet; kept as bytes so no character is split.
+  let leftover: Buffer | undefined;
   let dropped = 0;
   let scheduled = false;
 
   const flushSync = () => {
     scheduled = false;
-    if (pending.length === 0) return;
-    let data = pending.join('');
+    if (pending.length === 0 && leftover === undefined) return;
+    let text = pending.join('');
     pending = [];
     pendingBytes = 0;
     if (dropped > 0) {
-      data = `{"level":40,"time":${Date.now()},"msg":"log output could not keep up: ${dropped} lines dropped"}\n${data}`;
+      text = `{"level":40,"time":${Date.now()},"msg":"log output could not keep up: ${dropped} lines dropped"}\n${text}`;
       dropped = 0;
     }
-    let buf = Buffer.from(data);
+    let buf = leftover === undefined ? Buffer.from(text) : Buffer.concat([leftover, Buffer.from(text)]);
+    leftover = undefined;
     while (buf.length > 0) {
       try {
         buf = buf.subarray(writeSync(fd, buf));
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
-        // A full non-blocking pipe: keep the rest and retry soon.
-        pending = [buf.toString()];
-        pendingBytes = buf.length;
-        scheduled = true;
-        setTimeout(flushSync, 10).unref();
+        if ((err as NodeJS.ErrnoException).code === 'EAGAIN') {
+          // A full non-blocking pipe: keep the rest and retry soon.
+          leftover = buf;
+          pendingBytes = buf.length;
+          scheduled = true;
+          setTimeout(flushSync, 10).unref();
+          return;
+        }
+        // The output is gone (EPIPE, a full disk…): logging must never take the proxy down.
+        // These lines are lost; the count is reported if the output comes back.
+        dropped += countLines(buf);
         return;
       }
     }
@@ -67,12 +75,14 @@ export function createBatchedDestination(dest: number | string = 1): BatchedDest
     },
     flushSync,
     flush(cb) {
-      try {
-        flushSync();
-        cb?.();
-      } catch (err) {
-        cb?.(err as Error);
-      }
+      flushSync();
+      cb?.();
     },
   };
+}
+
+function countLines(buf: Buffer): number {
+  let n = 0;
+  for (let i = buf.indexOf(10); i !== -1; i = buf.indexOf(10, i + 1)) n++;
+  return Math.max(n, 1);
 }

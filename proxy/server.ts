@@ -78,7 +78,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     if (route.url !== '*') ownPrefixes.push(route.url.split(/[:*]/, 1)[0] as string);
   });
   app.addHook('onReady', (done) => {
-    fastPath = createFastPath(forward, genReqId, ownPrefixes, () => closing);
+    fastPath = createFastPath(forward, genReqId, ownPrefixes);
     done();
   });
   return app;
@@ -88,17 +88,15 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
  * Requests that only the catch-all would match go straight to the forwarder, skipping fastify's
  * per-request lifecycle (routing, Request/Reply objects, a child logger, body-parser lookup):
  * measured at about a sixth of the proxy's CPU per request (bench/README.md). The catch-all
- * route calls the same forwarder, so `inject()` and the fast path behave alike. During shutdown
- * fastify answers, so draining keeps its 503 and `Connection: close` handling.
+ * route calls the same forwarder, so `inject()` and the fast path behave alike; during shutdown
+ * the forwarder answers 503 with `Connection: close` itself.
  */
 function createFastPath(
   forward: Forwarder,
   genReqId: (req: IncomingMessage) => string,
   ownPrefixes: string[],
-  isClosing: () => boolean,
 ): (req: IncomingMessage, res: ServerResponse) => boolean {
   return (req, res) => {
-    if (isClosing()) return false;
     const url = req.url as string;
     for (const prefix of ownPrefixes) if (url.startsWith(prefix)) return false;
     forward(req, res, genReqId(req));

@@ -129,17 +129,24 @@ describe('the outrider command', () => {
     });
     const edge = await startCli(`listen_addr = "127.0.0.1:0"\nauth_backend = "${backend.url}"\n`);
     const url = `http://${edge.listen}`;
-    // An idle keep-alive connection must not hold shutdown up.
-    const idle = await request(`${url}/warm`);
+    // An idle keep-alive connection (its own client, kept open) must not hold shutdown up.
+    const idleClient = new Client(url);
+    onTestFinished(() => idleClient.destroy());
+    const idle = await idleClient.request({ path: '/warm', method: 'GET' });
     expect(await idle.body.text()).toBe('quick');
 
-    const inFlight = request(`${url}/slow`).then(async (r) => ({ status: r.statusCode, body: await r.body.text() }));
+    const busyClient = new Client(url);
+    onTestFinished(() => busyClient.destroy());
+    const inFlight = busyClient
+      .request({ path: '/slow', method: 'GET' })
+      .then(async (r) => ({ status: r.statusCode, connection: r.headers.connection, body: await r.body.text() }));
     await sleep(150);
     const stopAt = Date.now();
     edge.child.kill('SIGTERM');
     await sleep(150);
     await expect(fetch(`${url}/new`, { headers: { connection: 'close' } })).rejects.toThrow();
-    expect(await inFlight).toEqual({ status: 200, body: 'finished' });
+    // The in-flight request finishes, and its connection closes after it.
+    expect(await inFlight).toEqual({ status: 200, connection: 'close', body: 'finished' });
     expect(await edge.exited).toBe(0);
     expect(Date.now() - stopAt).toBeLessThan(5000);
     expect(edge.logs.some((l) => l.msg === 'stopped')).toBe(true);

@@ -104,6 +104,9 @@ max_filesize = 0
     expect(errorOf('proxy_headers_timeout = "0s"')).toContain(
       'proxy_headers_timeout: expected the backend response-header timeout greater than zero',
     );
+    expect(errorOf('shutdown_timeout = "30d"')).toContain('shutdown_timeout: expected the shutdown grace period as a duration');
+    expect(errorOf('shutdown_timeout = "1000h"')).toContain('shutdown_timeout: expected the shutdown grace period of at most "24h"');
+    expect(errorOf('proxy_headers_timeout = "25h"')).toContain('of at most "24h"');
     expect(errorOf('shutdown_timeout = 60')).toContain('shutdown_timeout: Invalid input: expected string, received number');
     expect(errorOf('propagate_correlation_id = "yes"')).toContain('propagate_correlation_id: expected true or false');
     expect(errorOf('log_level = "loud"')).toContain('log_level: expected one of');

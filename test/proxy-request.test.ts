@@ -58,6 +58,17 @@ describe('the request the backend receives', () => {
     }
   });
 
+  it('refuses targets that are not a path (absolute form, "*") with 400, without calling the backend', async () => {
+    const backend = await echoBackend();
+    const proxy = await startProxy(backend.url);
+    for (const line of ['GET http://evil.example/admin HTTP/1.1', 'OPTIONS * HTTP/1.1']) {
+      const res = await rawRequest(proxy.port, `${line}\r\nHost: example.test\r\nConnection: close\r\n\r\n`);
+      expect(res.status).toBe(400);
+      expect(res.body).toBe('Bad Request: the request target must be a path\n');
+    }
+    expect(backend.requests).toHaveLength(0);
+  });
+
   it('keeps the original Host and appends the peer to X-Forwarded-For', async () => {
     const backend = await echoBackend();
     const proxy = await startProxy(backend.url);

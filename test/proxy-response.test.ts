@@ -45,18 +45,41 @@ describe('the response the client receives', () => {
         res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '5' }).end(req.method === 'HEAD' ? undefined : 'hello');
       }
     });
+    // Real sockets (the path production traffic takes) and inject() (fastify's route) alike.
+    const proxy = await startProxy(backend.url);
     const app = buildProxy(backend.url);
-    const missing = await app.inject({ url: '/missing' });
-    expect(missing.statusCode).toBe(404);
-    expect(missing.body).toBe('not here');
-    const fresh = await app.inject({ url: '/fresh', headers: { 'if-none-match': '"v1"' } });
-    expect(fresh.statusCode).toBe(304);
-    expect(fresh.headers.etag).toBe('"v1"');
-    expect(fresh.body).toBe('');
-    const head = await app.inject({ method: 'HEAD', url: '/' });
-    expect(head.statusCode).toBe(200);
-    expect(head.headers['content-length']).toBe('5');
-    expect(head.body).toBe('');
+    const viaSocket = async (method: 'GET' | 'HEAD', path: string, headers: Record<string, string> = {}) => {
+      const r = await request(`${proxy.url}${path}`, { method, headers });
+      return { statusCode: r.statusCode, headers: r.headers, body: await r.body.text() };
+    };
+    const viaInject = async (method: 'GET' | 'HEAD', path: string, headers: Record<string, string> = {}) => {
+      const r = await app.inject({ method, url: path, headers });
+      return { statusCode: r.statusCode, headers: r.headers, body: r.body };
+    };
+    for (const send of [viaSocket, viaInject]) {
+      const missing = await send('GET', '/missing');
+      expect(missing.statusCode).toBe(404);
+      expect(missing.body).toBe('not here');
+      const fresh = await send('GET', '/fresh', { 'if-none-match': '"v1"' });
+      expect(fresh.statusCode).toBe(304);
+      expect(fresh.headers.etag).toBe('"v1"');
+      expect(fresh.body).toBe('');
+      const head = await send('HEAD', '/');
+      expect(head.statusCode).toBe(200);
+      expect(head.headers['content-length']).toBe('5');
+      expect(head.body).toBe('');
+    }
+  });
+
+  it('relays the final response after interim 1xx responses such as 103 Early Hints', async () => {
+    const backend = await startBackend((_req, res) => {
+      res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' });
+      res.writeHead(200, { 'content-type': 'text/html' }).end('<p>page</p>');
+    });
+    const proxy = await startProxy(backend.url);
+    const res = await request(`${proxy.url}/page`);
+    expect(res.statusCode).toBe(200);
+    expect(await res.body.text()).toBe('<p>page</p>');
   });
 
   it('never lets instruction or hop-by-hop headers reach the client', async () => {
@@ -105,10 +128,22 @@ describe('the response the client receives', () => {
     expect(res.headers['content-type']).toBe('text/plain; charset=utf-8');
     expect(body).toBe('Internal Server Error\n');
     expect(body).not.toContain('TempPath');
-    // The backend connection is still usable afterwards.
+    // The backend connection is still usable afterwards: the small body was read and dropped.
     const again = await request(`${proxy.url}/x`);
     await again.body.text();
     expect(again.statusCode).toBe(500);
+    expect(backend.connections()).toBe(1);
+  });
+
+  it('judges an internal API answer by its first Content-Type, as Workhorse does', async () => {
+    const backend = await startBackend((_req, res) => {
+      res.writeHead(200, ['Content-Type', 'application/vnd.gitlab-workhorse+json', 'Content-Type', 'text/plain']);
+      res.end('{"TempPath":"/secret"}');
+    });
+    const proxy = await startProxy(backend.url);
+    const res = await request(`${proxy.url}/`);
+    expect(res.statusCode).toBe(500);
+    expect(await res.body.text()).toBe('Internal Server Error\n');
   });
 });
 
