@@ -53,6 +53,21 @@ const imageResizer = z.strictObject({
   max_filesize: wholeNumber('a size in bytes', 0).default(250_000),
 });
 
+const outbound = z.strictObject({
+  allowed_hosts: z
+    .array(
+      z
+        .string()
+        .regex(/^(\*\.)?[a-z0-9.-]+$|^\[[0-9a-f:.]+\]$/i, { error: 'expected a host name, "*.example.com", an IPv4 address or "[IPv6]"' }),
+      { error: 'expected a list of host names' },
+    )
+    .default([]),
+  connect_timeout: positiveDuration('the outbound connect timeout').default(10_000),
+  headers_timeout: positiveDuration('the outbound response-header timeout').default(30_000),
+  body_timeout: positiveDuration('the longest silence allowed in an outbound response body').default(300_000),
+  max_redirects: wholeNumber('a number of redirects', 0).max(20, { error: 'expected at most 20 redirects' }).default(5),
+});
+
 const fileSchema = z.strictObject({
   listen_addr: z
     .string()
@@ -110,6 +125,7 @@ const fileSchema = z.strictObject({
     })
     .default('info'),
   image_resizer: imageResizer.prefault({}),
+  outbound: outbound.prefault({}),
   uploads: z.strictObject({}).optional(),
 });
 
@@ -126,6 +142,13 @@ export const configSchema = fileSchema.transform((f) => ({
   imageResizer: {
     maxScalerProcs: f.image_resizer.max_scaler_procs,
     maxFilesize: f.image_resizer.max_filesize,
+  },
+  outbound: {
+    allowedHosts: f.outbound.allowed_hosts.map((h) => h.toLowerCase()),
+    connectTimeoutMs: f.outbound.connect_timeout,
+    headersTimeoutMs: f.outbound.headers_timeout,
+    bodyTimeoutMs: f.outbound.body_timeout,
+    maxRedirects: f.outbound.max_redirects,
   },
 }));
 

@@ -8,7 +8,8 @@ export const EdgeUpstreamTimeout = createError('EDGE_UPSTREAM_TIMEOUT', 'Gateway
 export const EdgeUpstreamInternalApi = createError('EDGE_UPSTREAM_INTERNAL_API', 'Internal Server Error', 500);
 export const EdgeRequestInvalid = createError<[string, { cause: unknown }?]>('EDGE_REQUEST_INVALID', 'Bad Request: %s', 400);
 export const EdgeSendfileMissing = createError('EDGE_SENDFILE_MISSING', 'Not Found', 404);
-export const EdgeSendfileInvalid = createError('EDGE_SENDFILE_INVALID', 'Bad Gateway: the backend sent an invalid instruction', 502);
+export const EdgeDirectiveInvalid = createError('EDGE_DIRECTIVE_INVALID', 'Bad Gateway: the backend sent an invalid instruction', 502);
+export const EdgeSourceUnavailable = createError('EDGE_SOURCE_UNAVAILABLE', 'Bad Gateway: the requested content is not available', 502);
 export const EdgeShuttingDown = createError('EDGE_SHUTTING_DOWN', 'Service Unavailable: shutting down', 503);
 export const EdgeInternal = createError('EDGE_INTERNAL', 'Internal Server Error', 500);
 

@@ -2,6 +2,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { FastifyBaseLogger } from 'fastify';
 import { EdgeUpstreamInternalApi, writeError } from './errors.js';
 import { API_CONTENT_TYPE } from './headers.js';
+import type { Outbound } from './outbound.js';
+import { createSendUrl } from './send-url.js';
 import { sendfile } from './sendfile.js';
 
 /**
@@ -55,6 +57,6 @@ export const blockInternalApi: Interceptor = {
 };
 
 /** The single registration list, in match order; the first match wins. */
-export function createInterceptors(): Interceptor[] {
-  return [blockInternalApi, sendfile];
+export function createInterceptors(deps: { outbound: Outbound }): Interceptor[] {
+  return [blockInternalApi, sendfile, createSendUrl(deps.outbound)];
 }

@@ -1,7 +1,7 @@
 import { isAbsolute } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import send from '@fastify/send';
-import { EdgeSendfileInvalid, EdgeSendfileMissing, writeError } from './errors.js';
+import { EdgeDirectiveInvalid, EdgeSendfileMissing, writeError } from './errors.js';
 import type { Interceptor } from './intercept.js';
 
 /** Headers of the backend's own response that describe its (discarded) body, not the file. */
@@ -23,7 +23,7 @@ export const sendfile: Interceptor = {
     const file = head.sendfile as string;
     if (!isAbsolute(file) || file.includes('\0')) {
       log.error({ subsystem: 'sendfile', file }, 'the backend sent an X-Sendfile path that is not absolute');
-      writeError(res, new EdgeSendfileInvalid());
+      writeError(res, new EdgeDirectiveInvalid());
       return;
     }
     const result = await send(req, toUrlPath(file), {

@@ -7,6 +7,7 @@ import { createForwarder, type Forwarder, forwardPlugin } from './forward.js';
 import { REQUEST_ID } from './headers.js';
 import { createInterceptors, type Interceptor } from './intercept.js';
 import { createLogger } from './logger.js';
+import { createOutbound } from './outbound.js';
 import { createUpstream } from './upstream.js';
 import { VERSION } from './version.js';
 
@@ -53,19 +54,20 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
   });
 
   const upstream = createUpstream(config);
+  const outbound = createOutbound(config);
   let closing = false;
   app.addHook('preClose', (done) => {
     closing = true;
     done();
   });
   app.addHook('onClose', async () => {
-    await upstream.close();
+    await Promise.all([upstream.close(), outbound.close()]);
   });
   setErrorHandler(app);
 
   const forward = createForwarder({
     upstream,
-    interceptors: opts.interceptors ?? createInterceptors(),
+    interceptors: opts.interceptors ?? createInterceptors({ outbound }),
     version: VERSION,
     log: app.log,
     isClosing: () => closing,

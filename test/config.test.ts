@@ -28,6 +28,7 @@ describe('configuration', () => {
       propagateCorrelationId: false,
       logLevel: 'info',
       imageResizer: { maxScalerProcs: DEFAULT_MAX_SCALER_PROCS, maxFilesize: 250_000 },
+      outbound: { allowedHosts: [], connectTimeoutMs: 10_000, headersTimeoutMs: 30_000, bodyTimeoutMs: 300_000, maxRedirects: 5 },
     });
     expect(DEFAULT_MAX_SCALER_PROCS).toBeGreaterThanOrEqual(2);
   });
@@ -51,6 +52,11 @@ describe('configuration', () => {
       'log_level',
       'max_scaler_procs',
       'max_filesize',
+      'allowed_hosts',
+      'connect_timeout',
+      'headers_timeout',
+      'body_timeout',
+      'max_redirects',
     ]) {
       expect(text).toMatch(new RegExp(`^#? ?${key} = `, 'm'));
     }
@@ -115,6 +121,8 @@ max_filesize = 0
     );
     expect(errorOf('[image_resizer]\nmax_scaler_procs = 2.5')).toContain('as a whole number');
     expect(errorOf('[image_resizer]\nmax_filesize = -1')).toContain('image_resizer.max_filesize: expected a size in bytes of at least 0');
+    expect(errorOf('[outbound]\nallowed_hosts = ["http://x"]')).toContain('outbound.allowed_hosts.0: expected a host name');
+    expect(errorOf('[outbound]\nmax_redirects = 50')).toContain('outbound.max_redirects: expected at most 20 redirects');
     expect(errorOf('image_resizer = 3')).toContain('image_resizer: Invalid input: expected object, received number');
   });
 
