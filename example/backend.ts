@@ -1,5 +1,10 @@
 import { createHash } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { fileURLToPath } from 'node:url';
+
+/** Files the example hands to Outrider with X-Sendfile (example/files, from source or dist/). */
+const FILES = fileURLToPath(new URL(import.meta.url.includes('/dist/') ? '../../example/files/' : './files/', import.meta.url));
 
 /**
  * The example backend: a plain node:http app of the kind Outrider fronts. It shows what a backend
@@ -35,6 +40,8 @@ const routes: Record<string, Route> = {
   <li><a href="/hello">/hello</a>: a plain response, proxied</li>
   <li><a href="/headers">/headers</a>: the request headers the backend received (Gitlab-Workhorse, X-Forwarded-For, X-Request-Id…)</li>
   <li><a href="/stream">/stream</a>: a response written line by line over two seconds, relayed as it is written</li>
+  <li><a href="/files/hello.txt">/files/hello.txt</a>: the backend answers with <code>X-Sendfile</code>; Outrider serves the file (try a <code>Range</code> header)</li>
+  <li><a href="/mirror">/mirror</a>: the backend answers with <code>send-url</code> pointing at its own <code>/hello</code>; Outrider fetches and streams it</li>
   <li><a href="/internal">/internal</a>: an internal API answer, which Outrider refuses to pass to a client (500)</li>
 </ul>
 <form method="post" action="/echo" enctype="text/plain">
@@ -86,6 +93,17 @@ const routes: Record<string, Route> = {
         .writeHead(200, { 'content-type': 'application/json' })
         .end(`${JSON.stringify({ method: req.method, size, sha256: hash.digest('hex') })}\n`);
     });
+  },
+
+  '/files/hello.txt': (_req, res) => {
+    // The backend decides who may download what; Outrider does the sending.
+    res.writeHead(200, { 'x-sendfile': `${FILES}hello.txt`, 'content-type': 'text/plain; charset=utf-8' }).end();
+  },
+
+  '/mirror': (req, res) => {
+    const { port } = req.socket.address() as AddressInfo;
+    const data = Buffer.from(JSON.stringify({ URL: `http://127.0.0.1:${port}/hello`, AllowRedirects: false })).toString('base64url');
+    res.writeHead(200, { 'gitlab-workhorse-send-data': `send-url:${data}`, 'cache-control': 'private, max-age=60' }).end();
   },
 
   '/internal': (_req, res) => {

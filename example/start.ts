@@ -39,6 +39,8 @@ backend.listen(backendPort, '127.0.0.1', () => {
         `  ${base}/                 the example app's home page, through Outrider\n` +
         `  curl -i ${base}/headers  what the backend receives (Gitlab-Workhorse, X-Forwarded-For, X-Request-Id)\n` +
         `  curl -N ${base}/stream   a response relayed line by line as the backend writes it\n` +
+        `  curl -i ${base}/files/hello.txt   a file the backend hands over with X-Sendfile\n` +
+        `  curl -i ${base}/mirror   a URL the backend hands over with send-url\n` +
         `  curl -i ${base}/internal an internal API answer Outrider refuses to leak (500)\n` +
         'Ctrl-C stops both.\n\n',
     );

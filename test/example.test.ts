@@ -39,6 +39,12 @@ describe('npm start', () => {
     const internal = await request(`${base}/internal`);
     expect(internal.statusCode).toBe(500);
     expect(await internal.body.text()).toBe('Internal Server Error\n');
+    const file = await request(`${base}/files/hello.txt`, { headers: { range: 'bytes=0-8' } });
+    expect(file.statusCode).toBe(206);
+    expect(await file.body.text()).toBe('Served by');
+    const mirror = await request(`${base}/mirror`);
+    expect(await mirror.body.text()).toBe('Hello from the example backend\n');
+    expect(mirror.headers['cache-control']).toBe('private, max-age=60');
     const stream = await request(`${base}/stream`);
     expect((await stream.body.text()).trim().split('\n')).toHaveLength(10);
     const echo = await request(`${base}/echo`, { method: 'POST', body: 'hello' });
