@@ -50,7 +50,12 @@ const imageResizer = z.strictObject({
   max_scaler_procs: wholeNumber('a number of concurrent scaling jobs', 1)
     .max(1024, { error: 'expected at most 1024 concurrent scaling jobs' })
     .default(DEFAULT_MAX_SCALER_PROCS),
-  max_filesize: wholeNumber('a size in bytes', 0).default(250_000),
+  max_filesize: wholeNumber('a size in bytes', 0)
+    .max(64 * 1024 * 1024, { error: 'expected at most 67108864 bytes (the source is held in memory while it is scaled)' })
+    .default(250_000),
+  max_scaler_wait: duration('the longest wait for a scaling slot').default(0),
+  max_width: wholeNumber('a width in pixels', 1).max(16384, { error: 'expected at most 16384 pixels' }).default(4096),
+  limit_input_pixels: wholeNumber('a number of pixels', 1).default(25_000_000),
 });
 
 const outbound = z.strictObject({
@@ -142,6 +147,9 @@ export const configSchema = fileSchema.transform((f) => ({
   imageResizer: {
     maxScalerProcs: f.image_resizer.max_scaler_procs,
     maxFilesize: f.image_resizer.max_filesize,
+    maxScalerWaitMs: f.image_resizer.max_scaler_wait,
+    maxWidth: f.image_resizer.max_width,
+    limitInputPixels: f.image_resizer.limit_input_pixels,
   },
   outbound: {
     allowedHosts: f.outbound.allowed_hosts.map((h) => h.toLowerCase()),

@@ -69,6 +69,9 @@ function parse(argv: string[]) {
 
 async function main(): Promise<void> {
   const config = readConfig(process.argv.slice(2));
+  // libuv's pool runs both sharp jobs and file reads: size it so max_scaler_procs busy scaling
+  // jobs still leave 4 threads for X-Sendfile and image reads (set before the pool starts).
+  process.env.UV_THREADPOOL_SIZE ??= String(Math.min(1024, config.imageResizer.maxScalerProcs + 4));
   const logger = createLogger(config);
   const app = buildServer(config, { logger });
   const addr = config.listenAddr;

@@ -1,8 +1,10 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { FastifyBaseLogger } from 'fastify';
+import type { Scaler } from '../scaler/index.js';
 import { EdgeUpstreamInternalApi, writeError } from './errors.js';
 import { API_CONTENT_TYPE } from './headers.js';
 import type { Outbound } from './outbound.js';
+import { createScaledImg } from './scaled-img.js';
 import { createSendUrl } from './send-url.js';
 import { sendfile } from './sendfile.js';
 
@@ -57,6 +59,6 @@ export const blockInternalApi: Interceptor = {
 };
 
 /** The single registration list, in match order; the first match wins. */
-export function createInterceptors(deps: { outbound: Outbound }): Interceptor[] {
-  return [blockInternalApi, sendfile, createSendUrl(deps.outbound)];
+export function createInterceptors(deps: { outbound: Outbound; scaler: Scaler; maxWidth: number }): Interceptor[] {
+  return [blockInternalApi, sendfile, createScaledImg(deps.scaler, { maxWidth: deps.maxWidth }), createSendUrl(deps.outbound)];
 }

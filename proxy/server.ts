@@ -2,9 +2,11 @@ import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type RequestListener, type ServerResponse } from 'node:http';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
 import type { Config } from '../config/schema.js';
+import { createScaler } from '../scaler/index.js';
 import { setErrorHandler } from './errors.js';
 import { createForwarder, type Forwarder, forwardPlugin } from './forward.js';
 import { REQUEST_ID } from './headers.js';
+import { createImageSource } from './image-source.js';
 import { createInterceptors, type Interceptor } from './intercept.js';
 import { createLogger } from './logger.js';
 import { createOutbound } from './outbound.js';
@@ -55,6 +57,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
 
   const upstream = createUpstream(config);
   const outbound = createOutbound(config);
+  const scaler = createScaler(config.imageResizer, createImageSource(outbound));
   let closing = false;
   app.addHook('preClose', (done) => {
     closing = true;
@@ -67,7 +70,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
 
   const forward = createForwarder({
     upstream,
-    interceptors: opts.interceptors ?? createInterceptors({ outbound }),
+    interceptors: opts.interceptors ?? createInterceptors({ outbound, scaler, maxWidth: config.imageResizer.maxWidth }),
     version: VERSION,
     log: app.log,
     isClosing: () => closing,

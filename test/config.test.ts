@@ -27,7 +27,13 @@ describe('configuration', () => {
       shutdownTimeoutMs: 60_000,
       propagateCorrelationId: false,
       logLevel: 'info',
-      imageResizer: { maxScalerProcs: DEFAULT_MAX_SCALER_PROCS, maxFilesize: 250_000 },
+      imageResizer: {
+        maxScalerProcs: DEFAULT_MAX_SCALER_PROCS,
+        maxFilesize: 250_000,
+        maxScalerWaitMs: 0,
+        maxWidth: 4096,
+        limitInputPixels: 25_000_000,
+      },
       outbound: { allowedHosts: [], connectTimeoutMs: 10_000, headersTimeoutMs: 30_000, bodyTimeoutMs: 300_000, maxRedirects: 5 },
     });
     expect(DEFAULT_MAX_SCALER_PROCS).toBeGreaterThanOrEqual(2);
@@ -52,6 +58,9 @@ describe('configuration', () => {
       'log_level',
       'max_scaler_procs',
       'max_filesize',
+      'max_scaler_wait',
+      'max_width',
+      'limit_input_pixels',
       'allowed_hosts',
       'connect_timeout',
       'headers_timeout',
@@ -80,7 +89,7 @@ max_filesize = 0
     expect(c.proxyHeadersTimeoutMs).toBe(90_000);
     expect(c.shutdownTimeoutMs).toBe(0);
     expect(c.propagateCorrelationId).toBe(true);
-    expect(c.imageResizer).toEqual({ maxScalerProcs: 8, maxFilesize: 0 });
+    expect(c.imageResizer).toMatchObject({ maxScalerProcs: 8, maxFilesize: 0 });
     expect(parseListenAddr('[::1]:8181')).toEqual({ kind: 'tcp', host: '::1', port: 8181 });
     expect(parseListenAddr(':8181')).toEqual({ kind: 'tcp', host: '0.0.0.0', port: 8181 });
     expect(parseListenAddr('localhost:99999')).toBeUndefined();

@@ -1,0 +1,103 @@
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { parseDirective, type ScaleDirective, ScaleError, type Scaler } from '../scaler/index.js';
+import { EdgeDirectiveInvalid, EdgeSourceUnavailable, writeError } from './errors.js';
+import type { Interceptor } from './intercept.js';
+import { decodeSendData } from './senddata.js';
+
+export const SCALED_IMG_PREFIX = 'send-scaled-img:';
+
+const SAFE_TYPES = new Set(['image/png', 'image/jpeg']);
+
+/** The backend's headers that describe its own (empty) body, replaced by what Outrider sends. */
+const REPLACED = new Set(['content-length', 'content-type', 'last-modified', 'etag', 'content-range', 'accept-ranges']);
+
+/**
+ * `send-scaled-img:{"Location","Width","ContentType"}` (Workhorse `internal/imageresizer`): the
+ * backend's body is discarded and the image at Location is served scaled to Width, or as it is
+ * when the scaler decides so (outcome `served-original`, logged at warn). The backend's other
+ * headers (Cache-Control, Content-Disposition…) are kept; Content-Type and Content-Length match
+ * what is sent. One log line per outcome.
+ */
+export function createScaledImg(scaler: Scaler, opts: { maxWidth: number }): Interceptor {
+  return {
+    name: 'send-scaled-img',
+    match(head) {
+      return head.statusCode === 200 && head.sendData?.startsWith(SCALED_IMG_PREFIX) === true;
+    },
+    async serve({ req, res, head, log }) {
+      const started = performance.now();
+      let directive: ScaleDirective;
+      try {
+        directive = parseDirective(decodeSendData(head.sendData as string, SCALED_IMG_PREFIX), opts);
+      } catch (err) {
+        log.error({ err, subsystem: 'scaler', outcome: 'failed' }, 'invalid send-scaled-img instruction');
+        writeError(res, new EdgeDirectiveInvalid({ cause: err }));
+        return;
+      }
+      const abort = new AbortController();
+      const onClose = () => abort.abort();
+      res.once('close', onClose);
+      try {
+        const ims = req.headers['if-modified-since'];
+        const outcome = await scaler.scale({ directive, ifModifiedSince: ims, signal: abort.signal });
+        if (abort.signal.aborted) {
+          if (outcome.outcome === 'served-original' && outcome.body instanceof Readable) outcome.body.destroy();
+          return;
+        }
+        const headers: string[] = [];
+        for (let i = 0; i < head.headers.length; i += 2) {
+          if (!REPLACED.has((head.headers[i] as string).toLowerCase()))
+            headers.push(head.headers[i] as string, head.headers[i + 1] as string);
+        }
+        if (outcome.lastModified !== undefined) headers.push('Last-Modified', outcome.lastModified);
+        headers.push('X-Accel-Buffering', 'no');
+        const fields = { subsystem: 'scaler', width: directive.width, contentType: directive.contentType };
+        const durationMs = () => Math.round((performance.now() - started) * 100) / 100;
+        if (outcome.outcome === 'not-modified') {
+          res.writeHead(304, headers).end();
+          log.info({ ...fields, outcome: 'not-modified', durationMs: durationMs() }, 'scaler');
+          return;
+        }
+        if (outcome.outcome === 'scaled') {
+          headers.push('Content-Type', outcome.contentType, 'Content-Length', String(outcome.body.length));
+          res.writeHead(200, headers).end(outcome.body);
+          log.info(
+            {
+              ...fields,
+              outcome: 'scaled',
+              durationMs: durationMs(),
+              bytesWritten: outcome.body.length,
+              originalBytes: outcome.originalBytes,
+            },
+            'scaler',
+          );
+          return;
+        }
+        // Served as it is. An unrecognised format (SVG, GIF…) is never labelled as an image it is not;
+        // an original too large to look at keeps the directive's type when that is PNG or JPEG.
+        const type = outcome.contentType ?? (SAFE_TYPES.has(directive.contentType) ? directive.contentType : 'application/octet-stream');
+        headers.push('Content-Type', type, 'X-Content-Type-Options', 'nosniff');
+        if (outcome.size !== undefined) headers.push('Content-Length', String(outcome.size));
+        res.writeHead(200, headers);
+        log.warn(
+          { ...fields, outcome: 'served-original', reason: outcome.reason, originalBytes: outcome.size, err: outcome.error },
+          'scaler served the original',
+        );
+        if (Buffer.isBuffer(outcome.body)) res.end(outcome.body);
+        else await pipeline(outcome.body, res).catch(() => res.destroy());
+      } catch (err) {
+        if (abort.signal.aborted) return;
+        log.error({ err, subsystem: 'scaler', outcome: 'failed', durationMs: Math.round(performance.now() - started) }, 'scaler failed');
+        writeError(
+          res,
+          err instanceof ScaleError && err.code === 'EDGE_DIRECTIVE_INVALID'
+            ? new EdgeDirectiveInvalid()
+            : new EdgeSourceUnavailable({ cause: err }),
+        );
+      } finally {
+        res.off('close', onClose);
+      }
+    },
+  };
+}

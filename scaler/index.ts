@@ -1,0 +1,193 @@
+import { Readable } from 'node:stream';
+import { isNotModified, lastModified } from './conditional.js';
+import type { ImageLocation, ScaleDirective } from './directive.js';
+import { ScaleError } from './errors.js';
+import { createGate, type Gate } from './gate.js';
+import { type ImageFormat, precheck } from './limits.js';
+import { inspect, render } from './scale.js';
+
+export type { ImageLocation, ScaleDirective } from './directive.js';
+export { parseDirective } from './directive.js';
+export { ScaleError } from './errors.js';
+
+/** An opened original image: what is known before reading it, and its bytes once. */
+export interface OpenedImage {
+  /** Bytes, when known up front (a file's size, a Content-Length). */
+  size: number | undefined;
+  /** Modification time in ms (0 when unknown). */
+  mtimeMs: number;
+  /** The whole original, from its first byte; called at most once. */
+  body: Readable;
+  /** Releases the source without reading it (not modified, client gone). */
+  discard(): void;
+}
+
+/** Opens originals; throws `ScaleError('EDGE_SOURCE_UNAVAILABLE')` when it cannot. */
+export interface ImageSource {
+  open(location: ImageLocation, signal: AbortSignal): Promise<OpenedImage>;
+}
+
+export interface ScalerOptions {
+  maxScalerProcs: number;
+  maxScalerWaitMs: number;
+  maxFilesize: number;
+  limitInputPixels: number;
+}
+
+export interface ScaleRequest {
+  directive: ScaleDirective;
+  ifModifiedSince: string | undefined;
+  /** Aborted when the client goes away. */
+  signal: AbortSignal;
+}
+
+export type OriginalReason =
+  | 'too-large'
+  | 'too-small'
+  | 'unsupported-format'
+  | 'too-many-pixels'
+  | 'not-larger'
+  | 'busy'
+  | 'scaling-failed';
+
+export type ScaleOutcome =
+  | { outcome: 'not-modified'; lastModified: string | undefined }
+  | {
+      outcome: 'scaled';
+      body: Buffer;
+      contentType: 'image/png' | 'image/jpeg';
+      width: number;
+      originalBytes: number;
+      lastModified: string | undefined;
+    }
+  | {
+      outcome: 'served-original';
+      reason: OriginalReason;
+      body: Buffer | Readable;
+      /** Known when the whole original is in `body` as a Buffer or its size was known. */
+      size: number | undefined;
+      /** From the magic bytes; undefined when the original was not read (too large to look at). */
+      contentType: string | undefined;
+      lastModified: string | undefined;
+      error?: unknown;
+    };
+
+export interface Scaler {
+  scale(req: ScaleRequest): Promise<ScaleOutcome>;
+  readonly gate: Gate;
+}
+
+const CONTENT_TYPES: Record<ImageFormat, 'image/png' | 'image/jpeg'> = { png: 'image/png', jpeg: 'image/jpeg' };
+
+/**
+ * The image scaler, Workhorse's order of checks: Last-Modified and 304 before any byte is read;
+ * then the original is served as it is when it is too large, too small, not PNG/JPEG, all slots
+ * are busy, it has too many pixels, or it is not wider than asked; otherwise sharp scales it.
+ * An original is read whole only up to `maxFilesize` (that bounds memory); a sharp failure
+ * happens before any byte is sent, so the original is served instead.
+ */
+export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
+  const gate = createGate({ concurrency: opts.maxScalerProcs, maxWaitMs: opts.maxScalerWaitMs, maxQueue: opts.maxScalerProcs * 4 });
+
+  async function scale(req: ScaleRequest): Promise<ScaleOutcome> {
+    const { directive, signal } = req;
+    const image = await source.open(directive.location, signal);
+    const modified = lastModified(image.mtimeMs);
+    if (isNotModified(req.ifModifiedSince, image.mtimeMs)) {
+      image.discard();
+      return { outcome: 'not-modified', lastModified: modified };
+    }
+    const original = (
+      reason: OriginalReason,
+      body: Buffer | Readable,
+      size: number | undefined,
+      format?: ImageFormat | null,
+      error?: unknown,
+    ): ScaleOutcome => ({
+      outcome: 'served-original',
+      reason,
+      body,
+      size,
+      // From the magic bytes; null: they matched nothing; undefined: the original was not read.
+      contentType: format === undefined ? undefined : format === null ? 'application/octet-stream' : CONTENT_TYPES[format],
+      lastModified: modified,
+      ...(error === undefined ? {} : { error }),
+    });
+    if (image.size !== undefined && image.size > opts.maxFilesize) return original('too-large', image.body, image.size);
+
+    const read = await readBounded(image.body, opts.maxFilesize);
+    if (read.rest !== undefined) return original('too-large', read.rest, image.size);
+    const input = read.buffer;
+    const checked = precheck(input.length, input, opts.maxFilesize);
+    if (checked !== 'png' && checked !== 'jpeg') return original(checked, input, input.length, null);
+    const format = checked;
+
+    const result = await gate.run(async () => {
+      const found = await inspect(input, directive.width, opts.limitInputPixels);
+      if (found.kind !== 'ok') return found.kind;
+      try {
+        return await render(input, format, directive.width, opts.limitInputPixels);
+      } catch (error) {
+        // Corrupt data behind valid magic bytes, a truncated file: nothing was sent yet.
+        return { error };
+      }
+    }, signal);
+    if (!result.admitted) return original('busy', input, input.length, format);
+    const value = result.value;
+    if (value === 'too-many-pixels' || value === 'not-larger') return original(value, input, input.length, format);
+    if (value === 'unreadable') return original('scaling-failed', input, input.length, format);
+    if ('error' in value) return original('scaling-failed', input, input.length, format, value.error);
+    return {
+      outcome: 'scaled',
+      body: value.body,
+      contentType: CONTENT_TYPES[format],
+      width: value.width,
+      originalBytes: input.length,
+      lastModified: modified,
+    };
+  }
+
+  return {
+    gate,
+    async scale(req) {
+      try {
+        return await scale(req);
+      } catch (err) {
+        if (err instanceof ScaleError) throw err;
+        throw new ScaleError('EDGE_SOURCE_UNAVAILABLE', 'the image could not be read', { cause: err });
+      }
+    },
+  };
+}
+
+/**
+ * Reads `body` whole if it has at most `limit` bytes. Past that it stops and returns a stream of
+ * the whole original (what was read, then the rest) to serve unscaled: never more than `limit`
+ * bytes held.
+ */
+async function readBounded(body: Readable, limit: number): Promise<{ buffer: Buffer; rest?: undefined } | { rest: Readable }> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  const iterator = body[Symbol.asyncIterator]();
+  for (;;) {
+    const next = await iterator.next();
+    if (next.done === true) return { buffer: Buffer.concat(chunks, total) };
+    const chunk = next.value as Buffer;
+    chunks.push(chunk);
+    total += chunk.length;
+    if (total > limit) {
+      const rest = Readable.from(
+        (async function* () {
+          yield* chunks;
+          for (;;) {
+            const more = await iterator.next();
+            if (more.done === true) return;
+            yield more.value as Buffer;
+          }
+        })(),
+        { objectMode: false },
+      );
+      return { rest };
+    }
+  }
+}
