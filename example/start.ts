@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { createExampleBackend } from './backend.js';
+import { createExampleBackend, prepareAvatars } from './backend.js';
 
 /**
  * `npm start`: the example backend on 127.0.0.1:8080 and Outrider on 127.0.0.1:8181 in front of
@@ -13,6 +13,7 @@ const edgePort = Number(process.env.OUTRIDER_PORT ?? 8181);
 const cli = fileURLToPath(new URL('../proxy/cli.js', import.meta.url));
 const config = fileURLToPath(new URL('../../example/outrider.toml', import.meta.url));
 
+await prepareAvatars();
 const backend = createExampleBackend();
 backend.on('error', (err: NodeJS.ErrnoException) => {
   process.stderr.write(`example backend: cannot listen on 127.0.0.1:${backendPort} (${err.code}); set EXAMPLE_BACKEND_PORT\n`);
@@ -39,6 +40,8 @@ backend.listen(backendPort, '127.0.0.1', () => {
         `  ${base}/                 the example app's home page, through Outrider\n` +
         `  curl -i ${base}/headers  what the backend receives (Gitlab-Workhorse, X-Forwarded-For, X-Request-Id)\n` +
         `  curl -N ${base}/stream   a response relayed line by line as the backend writes it\n` +
+        `  curl -i '${base}/avatars/ada.png?width=64'   an avatar scaled by Outrider (send-scaled-img)\n` +
+        `  curl -i ${base}/avatars/ada.png   the original (X-Sendfile); add -H 'If-Modified-Since: <its Last-Modified>' for a 304\n` +
         `  curl -i ${base}/files/hello.txt   a file the backend hands over with X-Sendfile\n` +
         `  curl -i ${base}/mirror   a URL the backend hands over with send-url\n` +
         `  curl -i ${base}/internal an internal API answer Outrider refuses to leak (500)\n` +

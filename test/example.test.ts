@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import sharp from 'sharp';
 import { request } from 'undici';
 import { describe, expect, it, onTestFinished } from 'vitest';
 
@@ -42,6 +43,19 @@ describe('npm start', () => {
     const file = await request(`${base}/files/hello.txt`, { headers: { range: 'bytes=0-8' } });
     expect(file.statusCode).toBe(206);
     expect(await file.body.text()).toBe('Served by');
+    const scaled = await request(`${base}/avatars/ada.png?width=64`);
+    const scaledBody = Buffer.from(await scaled.body.arrayBuffer());
+    expect(scaled.headers['content-type']).toBe('image/png');
+    expect((await sharp(scaledBody).metadata()).width).toBe(64);
+    const jpeg = await request(`${base}/avatars/grace.jpg?width=96`);
+    expect((await sharp(Buffer.from(await jpeg.body.arrayBuffer())).metadata()).format).toBe('jpeg');
+    const revalidated = await request(`${base}/avatars/ada.png?width=64`, {
+      headers: { 'if-modified-since': scaled.headers['last-modified'] as string },
+    });
+    expect(revalidated.statusCode).toBe(304);
+    await revalidated.body.dump();
+    const original = await request(`${base}/avatars/ada.png`);
+    expect((await sharp(Buffer.from(await original.body.arrayBuffer())).metadata()).width).toBe(400);
     const mirror = await request(`${base}/mirror`);
     expect(await mirror.body.text()).toBe('Hello from the example backend\n');
     expect(mirror.headers['cache-control']).toBe('private, max-age=60');
