@@ -1,17 +1,42 @@
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { avatarFiles } from './images.js';
 
 /**
  * The benchmark backend, run as its own process: a plain node:http server, the kind of backend
- * Outrider is put in front of. `/1k` answers a fixed 1 KiB body. Prints its port once listening.
+ * Outrider is put in front of. Prints its port once listening.
+ * - `/1k`: a fixed 1 KiB body.
+ * - `/avatar.png?width=N`, `/avatar.jpg?width=N`: 200 with a send-scaled-img directive, as Rails does.
+ * - `/static/avatar.png|jpg`: the 400 px originals themselves (for nginx's image_filter).
  */
 const oneKiB = Buffer.alloc(1024, 'x');
+const files = await avatarFiles();
+const originals = { png: readFileSync(files.png), jpg: readFileSync(files.jpg) };
 
 const server = createServer((req, res) => {
   req.resume();
-  req.on('end', () => {
-    res.writeHead(200, { 'content-type': 'text/plain', 'content-length': oneKiB.length });
-    res.end(oneKiB);
-  });
+  const url = new URL(req.url ?? '/', 'http://origin');
+  const ext = url.pathname.endsWith('.png') ? 'png' : 'jpg';
+  if (url.pathname.startsWith('/avatar.')) {
+    const directive = {
+      Location: files[ext],
+      Width: Number(url.searchParams.get('width') ?? 64),
+      ContentType: ext === 'png' ? 'image/png' : 'image/jpeg',
+    };
+    res.writeHead(200, {
+      'gitlab-workhorse-send-data': `send-scaled-img:${Buffer.from(JSON.stringify(directive)).toString('base64url')}`,
+      'cache-control': 'max-age=0, private, must-revalidate',
+    });
+    res.end();
+    return;
+  }
+  if (url.pathname.startsWith('/static/avatar.')) {
+    res.writeHead(200, { 'content-type': ext === 'png' ? 'image/png' : 'image/jpeg', 'content-length': originals[ext].length });
+    res.end(originals[ext]);
+    return;
+  }
+  res.writeHead(200, { 'content-type': 'text/plain', 'content-length': oneKiB.length });
+  res.end(oneKiB);
 });
 server.keepAliveTimeout = 60_000;
 server.listen(Number(process.env.PORT ?? 0), '127.0.0.1', () => {

@@ -5,6 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
+import { render } from '../scaler/scale.js';
+import { avatarFiles } from './images.js';
 import { type Scenario, scenarios } from './scenarios.js';
 
 /**
@@ -23,7 +25,7 @@ interface Sample {
   requests: number;
   p50: number;
   p99: number;
-  bytesPerReq: number;
+  bodyBytes: number;
   errors: number;
   non2xx: number;
   proxyCpuMsPerKReq: number | undefined;
@@ -56,7 +58,11 @@ async function startOrigin(): Promise<{ child: ChildProcess; port: number }> {
 async function startEdge(originPort: number, name: string, extraToml = '', nodeArgs = ''): Promise<{ child: ChildProcess; port: number }> {
   const port = await freePort();
   const configPath = join(tmpdir(), `outrider-bench-${process.pid}-${name}.toml`);
-  writeFileSync(configPath, `listen_addr = "127.0.0.1:${port}"\nauth_backend = "http://127.0.0.1:${originPort}"\n${extraToml}\n`);
+  // Scaling requests wait for a slot (up to 10 s) instead of falling back to the original, so the
+  // scale scenarios measure scaling itself; their 8 connections fit 2 running + 8 waiting.
+  const base = `listen_addr = "127.0.0.1:${port}"\nauth_backend = "http://127.0.0.1:${originPort}"\n`;
+  const scaler = extraToml.includes('[image_resizer]') ? '' : '[image_resizer]\nmax_scaler_wait = "10s"\n';
+  writeFileSync(configPath, `${base}${extraToml}\n${scaler}`);
   // Access logs stay on (a production setting) and go to /dev/null.
   const args = nodeArgs.split(' ').filter(Boolean);
   const child = spawn(process.execPath, [...args, cli, '--config', configPath], { stdio: ['ignore', 'ignore', 'inherit'] });
@@ -89,7 +95,9 @@ async function startNginx(originPort: number): Promise<{ child: ChildProcess; po
   if (bin === undefined) return undefined;
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'outrider-bench-nginx-'));
-  const conf = `worker_processes 1;
+  const imageFilter = ['/usr/lib/nginx/modules/ngx_http_image_filter_module.so'].find((p) => existsSync(p));
+  const conf = `${imageFilter === undefined ? '' : `load_module ${imageFilter};`}
+worker_processes 1;
 error_log stderr error;
 pid ${dir}/nginx.pid;
 events { worker_connections 4096; }
@@ -101,6 +109,7 @@ http {
   server {
     listen 127.0.0.1:${port};
     location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    ${imageFilter === undefined ? '' : `location /nginx-scale/ { proxy_pass http://origin/static/; proxy_http_version 1.1; proxy_set_header Connection ""; image_filter resize 64 -; image_filter_buffer 2M; }`}
   }
 }
 `;
@@ -128,6 +137,8 @@ type Procs = Record<Scenario['target'], { port: number; pid: number | undefined 
 
 async function runOne(s: Scenario, procs: Procs): Promise<Sample> {
   const { port, pid } = procs[s.target];
+  const sampleRes = await fetch(`http://127.0.0.1:${port}${s.path}`, { headers: s.headers });
+  const bodyBytes = (await sampleRes.arrayBuffer()).byteLength;
   // A short unrecorded warm-up, so the JIT and connection pools are warm for every scenario alike.
   await autocannon({
     url: `http://127.0.0.1:${port}${s.path}`,
@@ -150,12 +161,35 @@ async function runOne(s: Scenario, procs: Procs): Promise<Sample> {
     requests: result.requests.average,
     p50: result.latency.p50,
     p99: result.latency.p99,
-    bytesPerReq: total > 0 ? Math.round(result.throughput.total / total) : 0,
+    bodyBytes,
     errors: result.errors + result.timeouts,
-    non2xx: result.non2xx,
+    // A scenario that expects another status (304) counts responses that are not it instead.
+    non2xx: s.expectStatus === undefined ? result.non2xx : total - (result.statusCodeStats?.[`${s.expectStatus}`]?.count ?? 0),
     proxyCpuMsPerKReq:
       s.target !== 'direct' && before !== undefined && after !== undefined && total > 0 ? ((after - before) / total) * 1000 : undefined,
   };
+}
+
+/** sharp alone, in this process, on the bench's avatars with Outrider's own pipeline: the ceiling. */
+async function rawSharp(seconds: number): Promise<{ format: 'png' | 'jpeg'; perSecond: number; bytes: number }[]> {
+  const files = await avatarFiles();
+  const out: { format: 'png' | 'jpeg'; perSecond: number; bytes: number }[] = [];
+  for (const format of ['png', 'jpeg'] as const) {
+    const input = readFileSync(format === 'png' ? files.png : files.jpg);
+    let count = 0;
+    let bytes = 0;
+    const until = performance.now() + seconds * 1000;
+    const worker = async () => {
+      while (performance.now() < until) {
+        bytes = (await render(input, format, 64, 25_000_000)).body.length;
+        count++;
+      }
+    };
+    const started = performance.now();
+    await Promise.all([worker(), worker()]);
+    out.push({ format, perSecond: count / ((performance.now() - started) / 1000), bytes });
+  }
+  return out;
 }
 
 const median = (xs: number[]): number => {
@@ -217,7 +251,7 @@ async function main(): Promise<void> {
       'req/s': Math.round(median(xs.map((x) => x.requests))),
       'p50 ms': median(xs.map((x) => x.p50)),
       'p99 ms': median(xs.map((x) => x.p99)),
-      'bytes/req': median(xs.map((x) => x.bytesPerReq)),
+      'body bytes': median(xs.map((x) => x.bodyBytes)),
       ratio: r === undefined ? '' : `${median(r).toFixed(2)}x ${s.baseline}`,
       'proxy req/CPU-s': cpu.length > 0 ? Math.round(1_000_000 / median(cpu)) : '',
       'errors+non2xx': xs.reduce((n, x) => n + x.errors + x.non2xx, 0),
@@ -225,6 +259,19 @@ async function main(): Promise<void> {
   });
   console.log(`\nOutrider bench: ${rounds} rounds x ${duration}s per scenario, medians (node ${process.version})`);
   console.table(rows);
+  const raw = await rawSharp(duration);
+  console.log('\nRaw in-process sharp, the same 400 px images to 64 px with the same settings, 2 jobs at once:');
+  console.table(
+    raw.map((r) => {
+      const through = rows.find((row) => row.scenario === `scale-${r.format}-64`);
+      return {
+        scenario: `raw-sharp-${r.format}-64`,
+        'images/s': Math.round(r.perSecond),
+        'body bytes': r.bytes,
+        'through Outrider': through === undefined ? '' : `${(through['req/s'] / r.perSecond).toFixed(2)}x raw`,
+      };
+    }),
+  );
   const dir = join(here, '../../bench/results');
   mkdirSync(dir, { recursive: true });
   const file = join(dir, `${new Date().toISOString().replace(/[:.]/g, '-')}.json`);

@@ -13,6 +13,8 @@ export interface Scenario {
   /** The scenario whose requests/s this one is compared with, measured in the same round. */
   baseline?: string;
   headers?: Record<string, string>;
+  /** The status every response should have (default: any 2xx). */
+  expectStatus?: number;
 }
 
 export const scenarios: Scenario[] = [
@@ -20,5 +22,18 @@ export const scenarios: Scenario[] = [
   { name: 'proxy-1k', target: 'edge', path: '/1k', connections: 50, baseline: 'direct-1k' },
   { name: 'proxy-b-1k', target: 'edge-b', path: '/1k', connections: 50, baseline: 'direct-1k' },
   { name: 'bare-node-1k', target: 'bare', path: '/1k', connections: 50, baseline: 'direct-1k' },
+  { name: 'scale-png-64', target: 'edge', path: '/avatar.png?width=64', connections: 8 },
+  { name: 'nginx-png-64', target: 'nginx', path: '/nginx-scale/avatar.png', connections: 8, baseline: 'scale-png-64' },
+  { name: 'scale-jpeg-64', target: 'edge', path: '/avatar.jpg?width=64', connections: 8 },
+  { name: 'nginx-jpeg-64', target: 'nginx', path: '/nginx-scale/avatar.jpg', connections: 8, baseline: 'scale-jpeg-64' },
+  {
+    name: 'scale-304',
+    target: 'edge',
+    path: '/avatar.png?width=64',
+    connections: 50,
+    baseline: 'proxy-1k',
+    headers: { 'if-modified-since': 'Fri, 01 Jan 2100 00:00:00 GMT' },
+    expectStatus: 304,
+  },
   { name: 'nginx-1k', target: 'nginx', path: '/1k', connections: 50, baseline: 'direct-1k' },
 ];

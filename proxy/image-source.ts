@@ -1,9 +1,10 @@
-import { open } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { type ImageSource, ScaleError } from '../scaler/index.js';
 import type { Outbound } from './outbound.js';
 
 /**
- * Where the scaler's originals come from: a local file (size and mtime from fstat), or an
+ * Where the scaler's originals come from: a local file (size and mtime from stat), or an
  * object-storage URL fetched through the outbound client (size from Content-Length, mtime from
  * Last-Modified, or now when absent, as in Workhorse). Anything but a readable regular file or a
  * 200 is EDGE_SOURCE_UNAVAILABLE.
@@ -12,22 +13,20 @@ export function createImageSource(outbound: Outbound): ImageSource {
   return {
     async open(location, signal) {
       if (location.kind === 'file') {
-        let handle: Awaited<ReturnType<typeof open>>;
+        // One stat by path: a revalidation (304) needs nothing more; the file is opened only to be read.
+        let info: Awaited<ReturnType<typeof stat>>;
         try {
-          handle = await open(location.path, 'r');
+          info = await stat(location.path);
         } catch (err) {
           throw new ScaleError('EDGE_SOURCE_UNAVAILABLE', 'the image file cannot be opened', { cause: err });
         }
-        const stat = await handle.stat().catch(async (err: unknown) => {
-          await handle.close();
-          throw new ScaleError('EDGE_SOURCE_UNAVAILABLE', 'the image file cannot be read', { cause: err });
-        });
-        if (!stat.isFile()) {
-          await handle.close();
-          throw new ScaleError('EDGE_SOURCE_UNAVAILABLE', 'the image location is not a file');
-        }
-        const body = handle.createReadStream();
-        return { size: stat.size, mtimeMs: stat.mtimeMs, body, discard: () => body.destroy() };
+        if (!info.isFile()) throw new ScaleError('EDGE_SOURCE_UNAVAILABLE', 'the image location is not a file');
+        return {
+          size: info.size,
+          mtimeMs: info.mtimeMs,
+          body: () => createReadStream(location.path),
+          discard: () => undefined,
+        };
       }
       let res: Awaited<ReturnType<Outbound['request']>>;
       try {
@@ -46,7 +45,7 @@ export function createImageSource(outbound: Outbound): ImageSource {
       return {
         size: Number.isInteger(length) && length >= 0 ? length : undefined,
         mtimeMs: Number.isNaN(modified) ? Date.now() : modified,
-        body: res.body,
+        body: () => res.body,
         discard,
       };
     },

@@ -16,8 +16,8 @@ export interface OpenedImage {
   size: number | undefined;
   /** Modification time in ms (0 when unknown). */
   mtimeMs: number;
-  /** The whole original, from its first byte; called at most once. */
-  body: Readable;
+  /** The whole original, from its first byte; called at most once, and only when it is needed. */
+  body(): Readable;
   /** Releases the source without reading it (not modified, client gone). */
   discard(): void;
 }
@@ -113,9 +113,9 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
       lastModified: modified,
       ...(error === undefined ? {} : { error }),
     });
-    if (image.size !== undefined && image.size > opts.maxFilesize) return original('too-large', image.body, image.size);
+    if (image.size !== undefined && image.size > opts.maxFilesize) return original('too-large', image.body(), image.size);
 
-    const read = await readBounded(image.body, opts.maxFilesize);
+    const read = await readBounded(image.body(), opts.maxFilesize);
     if (read.rest !== undefined) return original('too-large', read.rest, image.size);
     const input = read.buffer;
     const checked = precheck(input.length, input, opts.maxFilesize);
