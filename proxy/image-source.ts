@@ -24,7 +24,9 @@ export function createImageSource(outbound: Outbound): ImageSource {
         return {
           size: info.size,
           mtimeMs: info.mtimeMs,
-          body: () => createReadStream(location.path),
+          // Never more than the stat's size, which Content-Length promises; a file that shrank in
+          // between ends short and the response is cut. The client going away closes the file.
+          body: () => createReadStream(location.path, { end: Math.max(info.size - 1, 0), signal }),
           discard: () => undefined,
         };
       }
@@ -34,8 +36,9 @@ export function createImageSource(outbound: Outbound): ImageSource {
       } catch (err) {
         throw new ScaleError('EDGE_SOURCE_UNAVAILABLE', 'the image URL cannot be fetched', { cause: err });
       }
-      // undici's body reports an error when destroyed outright; dump() discards it quietly.
-      const discard = () => void res.body.dump({ limit: 0 }).catch(() => undefined);
+      // undici's body reports an error when destroyed outright; dump() discards it quietly, reading
+      // at most one byte before it closes the connection (a limit of 0 means undici's default).
+      const discard = () => void res.body.dump({ limit: 1 }).catch(() => undefined);
       if (res.statusCode !== 200) {
         discard();
         throw new ScaleError('EDGE_SOURCE_UNAVAILABLE', `the image URL answered ${res.statusCode}`);

@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { parseDirective, type ScaleDirective, ScaleError, type Scaler } from '../scaler/index.js';
+import { sendBody } from './body.js';
 import { EdgeDirectiveInvalid, EdgeSourceUnavailable, writeError } from './errors.js';
 import type { Interceptor } from './intercept.js';
 import { decodeSendData } from './senddata.js';
@@ -85,7 +85,10 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number }): Int
           'scaler served the original',
         );
         if (Buffer.isBuffer(outcome.body)) res.end(outcome.body);
-        else await pipeline(outcome.body, res).catch(() => res.destroy());
+        else {
+          const sent = await sendBody(outcome.body, res, outcome.size);
+          if (!sent.complete && !abort.signal.aborted) log.warn({ err: sent.err, subsystem: 'scaler' }, 'original image transfer cut');
+        }
       } catch (err) {
         if (abort.signal.aborted) return;
         log.error({ err, subsystem: 'scaler', outcome: 'failed', durationMs: Math.round(performance.now() - started) }, 'scaler failed');

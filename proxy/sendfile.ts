@@ -1,6 +1,6 @@
 import { isAbsolute } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import send from '@fastify/send';
+import { sendBody, whenOpen } from './body.js';
 import { EdgeDirectiveInvalid, EdgeSendfileMissing, writeError } from './errors.js';
 import type { Interceptor } from './intercept.js';
 
@@ -44,9 +44,18 @@ export const sendfile: Interceptor = {
       res.end();
       return;
     }
-    if (result.type !== 'file') {
+    let openError: unknown;
+    if (result.type === 'file') {
+      try {
+        await whenOpen(result.stream);
+      } catch (err) {
+        openError = err;
+      }
+    }
+    if (result.type !== 'file' || openError !== undefined) {
+      // Missing, a directory, or gone between its stat and its opening: nothing was sent yet.
       result.stream.destroy();
-      log.warn({ subsystem: 'sendfile', file, status: result.statusCode }, 'X-Sendfile file cannot be served');
+      log.warn({ subsystem: 'sendfile', file, status: result.statusCode, err: openError }, 'X-Sendfile file cannot be served');
       writeError(res, new EdgeSendfileMissing());
       return;
     }
@@ -69,14 +78,11 @@ export const sendfile: Interceptor = {
     }
     res.writeHead(result.statusCode, headers);
     log.info({ subsystem: 'sendfile', file, status: result.statusCode, bytes: Number(result.headers['Content-Length'] ?? 0) }, 'send file');
-    try {
-      await pipeline(result.stream, res);
-    } catch (err) {
-      // The client left, or the file could not be read to the end: the connection is cut either way.
-      if (!res.writableFinished && (err as NodeJS.ErrnoException).code !== 'ERR_STREAM_PREMATURE_CLOSE') {
-        log.warn({ err, subsystem: 'sendfile', file }, 'X-Sendfile transfer failed');
-      }
-      res.destroy();
+    const length = result.headers['Content-Length'];
+    const sent = await sendBody(result.stream, res, req.method === 'HEAD' || result.statusCode === 304 ? 0 : Number(length ?? 0));
+    // The client left, or the file could not be read to the end: the connection was cut either way.
+    if (!sent.complete && (sent.err as NodeJS.ErrnoException | undefined)?.code !== 'ERR_STREAM_PREMATURE_CLOSE') {
+      log.warn({ err: sent.err, subsystem: 'sendfile', file }, 'X-Sendfile transfer failed');
     }
   },
 };

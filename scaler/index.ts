@@ -1,9 +1,10 @@
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { isNotModified, lastModified } from './conditional.js';
 import type { ImageLocation, ScaleDirective } from './directive.js';
 import { ScaleError } from './errors.js';
 import { createGate, type Gate } from './gate.js';
-import { type ImageFormat, precheck } from './limits.js';
+import { type ImageFormat, MAGIC_LENGTH, precheck, sniffFormat } from './limits.js';
+import { Prefix } from './prefix.js';
 import { inspect, render } from './scale.js';
 
 export type { ImageLocation, ScaleDirective } from './directive.js';
@@ -83,8 +84,10 @@ const CONTENT_TYPES: Record<ImageFormat, 'image/png' | 'image/jpeg'> = { png: 'i
  * The image scaler, Workhorse's order of checks: Last-Modified and 304 before any byte is read;
  * then the original is served as it is when it is too large, too small, not PNG/JPEG, all slots
  * are busy, it has too many pixels, or it is not wider than asked; otherwise sharp scales it.
- * An original is read whole only up to `maxFilesize` (that bounds memory); a sharp failure
- * happens before any byte is sent, so the original is served instead.
+ * Outside a scaling slot only the first chunk is read (the magic bytes); an original is read whole,
+ * up to `maxFilesize`, only inside a slot, so memory is bounded by slots × `maxFilesize`. Originals
+ * served as they are stream from the source. A sharp failure happens before any byte is sent, so
+ * the original is served instead.
  */
 export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
   const gate = createGate({ concurrency: opts.maxScalerProcs, maxWaitMs: opts.maxScalerWaitMs, maxQueue: opts.maxScalerProcs * 4 });
@@ -113,26 +116,44 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
       lastModified: modified,
       ...(error === undefined ? {} : { error }),
     });
-    if (image.size !== undefined && image.size > opts.maxFilesize) return original('too-large', image.body(), image.size);
-
-    const read = await readBounded(image.body(), opts.maxFilesize);
-    if (read.rest !== undefined) return original('too-large', read.rest, image.size);
-    const input = read.buffer;
-    const checked = precheck(input.length, input, opts.maxFilesize);
-    if (checked !== 'png' && checked !== 'jpeg') return original(checked, input, input.length, null);
+    // The first chunk opens the source (a file that vanished fails here, before any header is
+    // sent) and holds the magic bytes. Nothing more is read outside a scaling slot, so memory is
+    // bounded by max_scaler_procs × max_filesize whatever the number of requests.
+    const prefix = new Prefix(image.body());
+    try {
+      await prefix.fill(MAGIC_LENGTH);
+    } catch (err) {
+      prefix.release();
+      throw err;
+    }
+    const checked = precheck(image.size ?? (prefix.total > opts.maxFilesize ? prefix.total : undefined), prefix.bytes(), opts.maxFilesize);
+    const sniffed = sniffFormat(prefix.bytes()) ?? null;
+    if (checked === 'too-small') return original(checked, prefix.bytes(), prefix.total, null);
+    if (checked !== 'png' && checked !== 'jpeg') return original(checked, prefix.stream(), image.size, sniffed);
     const format = checked;
 
-    const result = await gate.run(async () => {
-      const found = await inspect(input, directive.width, opts.limitInputPixels);
-      if (found.kind !== 'ok') return found.kind;
-      try {
-        return await render(input, format, directive.width, opts.limitInputPixels);
-      } catch (error) {
-        // Corrupt data behind valid magic bytes, a truncated file: nothing was sent yet.
-        return { error };
-      }
-    }, signal);
-    if (!result.admitted) return original('busy', input, input.length, format);
+    let input: Buffer | undefined;
+    const result = await gate
+      .run(async () => {
+        input = await prefix.readAll(opts.maxFilesize);
+        if (input === undefined) return 'too-large';
+        const found = await inspect(input, directive.width, opts.limitInputPixels);
+        if (found.kind !== 'ok') return found.kind;
+        try {
+          return await render(input, format, directive.width, opts.limitInputPixels);
+        } catch (error) {
+          // Corrupt data behind valid magic bytes, a truncated file: nothing was sent yet.
+          return { error };
+        }
+      }, signal)
+      .catch((err: unknown) => {
+        prefix.release();
+        throw err;
+      });
+    if (!result.admitted || result.value === 'too-large' || input === undefined) {
+      return original(result.admitted ? 'too-large' : 'busy', prefix.stream(), image.size, format);
+    }
+    prefix.release();
     const value = result.value;
     if (value === 'too-many-pixels' || value === 'not-larger') return original(value, input, input.length, format);
     if (value === 'unreadable') return original('scaling-failed', input, input.length, format);
@@ -158,36 +179,4 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
       }
     },
   };
-}
-
-/**
- * Reads `body` whole if it has at most `limit` bytes. Past that it stops and returns a stream of
- * the whole original (what was read, then the rest) to serve unscaled: never more than `limit`
- * bytes held.
- */
-async function readBounded(body: Readable, limit: number): Promise<{ buffer: Buffer; rest?: undefined } | { rest: Readable }> {
-  const chunks: Buffer[] = [];
-  let total = 0;
-  const iterator = body[Symbol.asyncIterator]();
-  for (;;) {
-    const next = await iterator.next();
-    if (next.done === true) return { buffer: Buffer.concat(chunks, total) };
-    const chunk = next.value as Buffer;
-    chunks.push(chunk);
-    total += chunk.length;
-    if (total > limit) {
-      const rest = Readable.from(
-        (async function* () {
-          yield* chunks;
-          for (;;) {
-            const more = await iterator.next();
-            if (more.done === true) return;
-            yield more.value as Buffer;
-          }
-        })(),
-        { objectMode: false },
-      );
-      return { rest };
-    }
-  }
 }

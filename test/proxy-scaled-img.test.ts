@@ -1,4 +1,4 @@
-import { mkdtempSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -190,6 +190,25 @@ describe('send-scaled-img', () => {
     expect(gone.statusCode).toBe(502);
   });
 
+  it('decides a 304 before reading a single image byte: a remote body that never ends does not hold it up', async () => {
+    let hungUp = false;
+    const store = await startBackend((_req, res) => {
+      res.writeHead(200, { 'content-type': 'image/png', 'last-modified': HTTP_MTIME }); // chunked: no length to judge by
+      res.write(png400.subarray(0, 1000)); // and never the rest
+      res.on('close', () => {
+        hungUp = true;
+      });
+    });
+    const backend = await avatarBackend(() => ({ Location: `${store.url}/stalled.png`, Width: 64, ContentType: 'image/png' }));
+    const proxy = await startProxy(backend.url);
+    const res = await request(`${proxy.url}/stalled`, { headers: { 'if-modified-since': HTTP_MTIME }, headersTimeout: 3000 });
+    expect(res.statusCode).toBe(304);
+    expect(await res.body.text()).toBe('');
+    // The unread object is let go of rather than drained.
+    for (let waited = 0; !hungUp && waited < 2000; waited += 20) await new Promise((r) => setTimeout(r, 20));
+    expect(hungUp).toBe(true);
+  });
+
   it('serves originals instead of queueing when every scaling slot is busy', async () => {
     const big = await photo(1500, 1500, 'png');
     const file = place('busy.png', big);
@@ -235,5 +254,46 @@ describe('send-scaled-img', () => {
       if (width !== 64) await new Promise((r) => setTimeout(r, 100));
     }
     expect(width).toBe(64);
+  });
+
+  it('turns a JPEG upright by its EXIF orientation, judging the width as displayed', async () => {
+    // Stored 400 wide and 200 high, displayed rotated a quarter turn: 200 wide, 400 high.
+    const sideways = await sharp(await photo(400, 200, 'jpeg'))
+      .withMetadata({ orientation: 6 })
+      .jpeg()
+      .toBuffer();
+    const file = place('sideways.jpg', sideways);
+    const backend = await avatarBackend((url) => ({ Location: file, Width: Number(url.searchParams.get('w')), ContentType: 'image/jpeg' }));
+    const proxy = await startProxy(backend.url);
+    const scaled = await request(`${proxy.url}/a?w=100`);
+    const meta = await sharp(Buffer.from(await scaled.body.arrayBuffer())).metadata();
+    expect([meta.width, meta.height, meta.orientation]).toEqual([100, 200, undefined]);
+    // 300 is wider than the displayed 200: never enlarged, the original is served.
+    const wide = await request(`${proxy.url}/a?w=300`);
+    expect(Buffer.from(await wide.body.arrayBuffer()).equals(sideways)).toBe(true);
+  });
+
+  it('closes the original file when clients leave while it is streamed to them', async () => {
+    const file = place('streamed.png', Buffer.concat([png400, Buffer.alloc(8 * 1024 * 1024)]));
+    const backend = await avatarBackend(() => ({ Location: file, Width: 64, ContentType: 'image/png' }));
+    const proxy = await startProxy(backend.url, { toml: '[image_resizer]\nmax_filesize = 1000' });
+    const openOnFile = () =>
+      readdirSync('/proc/self/fd').filter((fd) => {
+        try {
+          return readlinkSync(`/proc/self/fd/${fd}`) === file;
+        } catch {
+          return false;
+        }
+      }).length;
+    for (let i = 0; i < 5; i++) {
+      const socket = connect(proxy.port, '127.0.0.1');
+      socket.write('GET /streamed HTTP/1.1\r\nHost: x\r\n\r\n');
+      // The original is being served (too large to scale): take its first bytes and hang up.
+      await new Promise<void>((r) => socket.once('data', () => r()));
+      expect(openOnFile()).toBeGreaterThanOrEqual(1);
+      socket.destroy();
+    }
+    for (let waited = 0; openOnFile() > 0 && waited < 3000; waited += 50) await new Promise((r) => setTimeout(r, 50));
+    expect(openOnFile()).toBe(0);
   });
 });
