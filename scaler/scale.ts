@@ -23,7 +23,8 @@ export async function inspect(input: Buffer, requestedWidth: number, limitInputP
   } catch {
     return { kind: 'unreadable' };
   }
-  const { width, height } = meta;
+  // The width as displayed: an EXIF orientation of 5 to 8 swaps width and height.
+  const { width, height } = meta.autoOrient ?? meta;
   if (width === undefined || height === undefined) return { kind: 'unreadable' };
   if (width * height > limitInputPixels) return { kind: 'too-many-pixels' };
   if (requestedWidth >= width) return { kind: 'not-larger' };
@@ -32,10 +33,11 @@ export async function inspect(input: Buffer, requestedWidth: number, limitInputP
 
 /**
  * Scales to `width` keeping the aspect ratio, in the input's own format (PNG stays PNG, JPEG stays
- * JPEG), metadata stripped (sharp's default). Shrink-on-load applies to JPEG automatically.
+ * JPEG), turned upright by its EXIF orientation, metadata stripped (sharp's default).
+ * Shrink-on-load applies to JPEG automatically.
  */
 export async function render(input: Buffer, format: ImageFormat, width: number, limitInputPixels: number): Promise<Rendered> {
-  const pipeline = sharp(input, { limitInputPixels, failOn: 'warning' }).resize({ width, withoutEnlargement: true });
+  const pipeline = sharp(input, { limitInputPixels, failOn: 'warning', autoOrient: true }).resize({ width, withoutEnlargement: true });
   const encoded =
     format === 'png'
       ? pipeline.png({ palette: true, quality: 90, effort: 3, compressionLevel: 9 })

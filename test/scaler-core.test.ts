@@ -34,11 +34,13 @@ describe('the send-scaled-img directive', () => {
     for (const width of [0, -1, 4097, 1.5, '64', null]) {
       expect(bad({ ...ok, Width: width })).toThrow(`'Width' must be an integer from 1 to 4096, got ${JSON.stringify(width)}`);
     }
+    let code: unknown;
     try {
       bad({ ...ok, Width: 0 })();
     } catch (err) {
-      expect((err as { code: string }).code).toBe('EDGE_DIRECTIVE_INVALID');
+      code = (err as { code: string }).code;
     }
+    expect(code).toBe('EDGE_DIRECTIVE_INVALID');
   });
 });
 
