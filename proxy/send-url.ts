@@ -1,3 +1,4 @@
+import { type ServerResponse, STATUS_CODES } from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import { EdgeDirectiveInvalid, EdgeSourceUnavailable, EdgeUpstreamTimeout, writeError } from './errors.js';
 import { HOP_BY_HOP, SEND_DATA } from './headers.js';
@@ -18,7 +19,8 @@ const BACKEND_WINS = new Set(['cache-control', 'expires', 'date', 'pragma']);
  * through the outbound client and streams the answer to the client. Status and headers come from
  * the origin, except the backend's Cache-Control, Expires, Date and Pragma, which win; the
  * backend's other headers are kept where the origin has none of the same name. Failures before any
- * byte is sent are a 502 (504 for a timeout) whose body names nothing internal.
+ * byte is sent are a 502 (504 for a timeout) whose body names nothing internal; an origin's error
+ * status is kept, its body is not.
  */
 export function createSendUrl(outbound: Outbound): Interceptor {
   return {
@@ -65,6 +67,12 @@ export function createSendUrl(outbound: Outbound): Interceptor {
         return;
       }
 
+      if (upstream.statusCode >= 400) {
+        sendOriginError(res, head.headers, upstream);
+        res.off('close', onClose);
+        log.warn({ subsystem: 'send-url', url: redact(url), status: upstream.statusCode }, 'send-url origin answered an error');
+        return;
+      }
       const out: string[] = [];
       const fromOrigin = new Set<string>();
       for (const [name, value] of Object.entries(upstream.headers)) {
@@ -105,6 +113,44 @@ export function createSendUrl(outbound: Outbound): Interceptor {
       }
     },
   };
+}
+
+/** What describes the origin's own error body; the backend's headers of these names are dropped too. */
+const CONTENT_HEADERS = new Set([
+  'content-length',
+  'content-type',
+  'content-encoding',
+  'content-range',
+  'content-disposition',
+  'etag',
+  'last-modified',
+]);
+
+/**
+ * An origin error (a 404, a 403 from an expired signature, a 5xx) keeps its status, but its body
+ * and headers are the origin's internals (an object store's XML names the bucket, the key and its
+ * request ids): the client gets a plain generic body instead, with the backend's other headers and,
+ * for a 416, the Content-Range that makes it useful.
+ */
+function sendOriginError(res: ServerResponse, backendHeaders: string[], upstream: Awaited<ReturnType<Outbound['request']>>): void {
+  upstream.body.dump({ limit: 1 }).catch(() => undefined);
+  const out: string[] = [];
+  for (let i = 0; i < backendHeaders.length; i += 2) {
+    const lower = (backendHeaders[i] as string).toLowerCase();
+    if (!CONTENT_HEADERS.has(lower)) out.push(backendHeaders[i] as string, backendHeaders[i + 1] as string);
+  }
+  const range = upstream.headers['content-range'];
+  if (upstream.statusCode === 416 && typeof range === 'string') out.push('Content-Range', range);
+  const body = `${STATUS_CODES[upstream.statusCode] ?? 'Error'}\n`;
+  out.push(
+    'Content-Type',
+    'text/plain; charset=utf-8',
+    'Content-Length',
+    String(Buffer.byteLength(body)),
+    'X-Content-Type-Options',
+    'nosniff',
+  );
+  res.writeHead(upstream.statusCode, out).end(body);
 }
 
 /** Presigned URLs carry credentials in their query: logs get the origin and path only. */

@@ -29,7 +29,11 @@ async function railsLike(directive: string, extra: Record<string, string> = {}):
 async function origin(): Promise<Backend> {
   return startBackend((req, res) => {
     if (req.url === '/redirect') return void res.writeHead(307, { location: '/file' }).end();
-    if (req.url === '/missing') return void res.writeHead(404, { 'content-type': 'text/plain' }).end('no such object');
+    if (req.url === '/missing') {
+      return void res
+        .writeHead(404, { 'content-type': 'application/xml', 'x-amz-request-id': 'R1' })
+        .end('<Error><Code>NoSuchKey</Code><BucketName>secret-bucket</BucketName></Error>');
+    }
     if (req.url === '/chunked') {
       res.writeHead(200, { 'content-type': 'application/octet-stream' });
       res.write(CONTENT.slice(0, 4096));
@@ -100,12 +104,14 @@ describe('send-url', () => {
     expect(moved.body).toBe(CONTENT);
   });
 
-  it("passes the origin's error status through", async () => {
+  it("passes the origin's error status through, but not its body or headers, which name its internals", async () => {
     const store = await origin();
     const backend = await railsLike(sendUrl({ URL: `${store.url}/missing` }));
     const res = await buildProxy(backend.url).inject({ url: '/x' });
     expect(res.statusCode).toBe(404);
-    expect(res.body).toBe('no such object');
+    expect(res.body).toBe('Not Found\n');
+    expect(res.headers['content-type']).toBe('text/plain; charset=utf-8');
+    expect(res.headers['x-amz-request-id']).toBeUndefined();
   });
 
   it('refuses hosts outside [outbound] allowed_hosts without contacting them', async () => {
