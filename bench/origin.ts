@@ -13,19 +13,33 @@ const oneKiB = Buffer.alloc(1024, 'x');
 const files = await avatarFiles();
 const originals = { png: readFileSync(files.png), jpg: readFileSync(files.jpg) };
 
+/** The directive per request target, made once: an avatar answer costs the backend what a 1 KiB one does. */
+const directives = new Map<string, string>();
+function directiveFor(url: URL, ext: 'png' | 'jpg'): string {
+  const directive = {
+    Location: files[ext],
+    Width: Number(url.searchParams.get('width') ?? 64),
+    ContentType: ext === 'png' ? 'image/png' : 'image/jpeg',
+  };
+  return `send-scaled-img:${Buffer.from(JSON.stringify(directive)).toString('base64url')}`;
+}
+
 const server = createServer((req, res) => {
   req.resume();
-  const url = new URL(req.url ?? '/', 'http://origin');
+  const target = req.url ?? '/';
+  // Every route parses its URL, as a framework's router would.
+  const url = new URL(target, 'http://origin');
   const ext = url.pathname.endsWith('.png') ? 'png' : 'jpg';
-  if (url.pathname.startsWith('/avatar.')) {
-    const directive = {
-      Location: files[ext],
-      Width: Number(url.searchParams.get('width') ?? 64),
-      ContentType: ext === 'png' ? 'image/png' : 'image/jpeg',
-    };
+  let directive = directives.get(target);
+  if (directive === undefined && url.pathname.startsWith('/avatar.')) {
+    directive = directiveFor(url, ext);
+    directives.set(target, directive);
+  }
+  if (directive !== undefined) {
     res.writeHead(200, {
-      'gitlab-workhorse-send-data': `send-scaled-img:${Buffer.from(JSON.stringify(directive)).toString('base64url')}`,
+      'gitlab-workhorse-send-data': directive,
       'cache-control': 'max-age=0, private, must-revalidate',
+      'content-length': 0,
     });
     res.end();
     return;

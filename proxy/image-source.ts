@@ -1,4 +1,4 @@
-import { createReadStream } from 'node:fs';
+import { createReadStream, type Stats } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { type ImageSource, ScaleError } from '../scaler/index.js';
 import type { Outbound } from './outbound.js';
@@ -14,7 +14,7 @@ export function createImageSource(outbound: Outbound): ImageSource {
     async open(location, signal) {
       if (location.kind === 'file') {
         // One stat by path: a revalidation (304) needs nothing more; the file is opened only to be read.
-        let info: Awaited<ReturnType<typeof stat>>;
+        let info: Stats;
         try {
           info = await stat(location.path);
         } catch (err) {
@@ -25,14 +25,14 @@ export function createImageSource(outbound: Outbound): ImageSource {
           size: info.size,
           mtimeMs: info.mtimeMs,
           // Never more than the stat's size, which Content-Length promises; a file that shrank in
-          // between ends short and the response is cut. The client going away closes the file.
-          body: () => createReadStream(location.path, { end: Math.max(info.size - 1, 0), signal }),
+          // between ends short and the response is cut. Whoever reads it destroys it when the client goes.
+          body: () => createReadStream(location.path, { end: Math.max(info.size - 1, 0) }),
           discard: () => undefined,
         };
       }
       let res: Awaited<ReturnType<Outbound['request']>>;
       try {
-        res = await outbound.request(location.url, { signal });
+        res = await outbound.request(location.url, { signal: signal() });
       } catch (err) {
         throw new ScaleError('EDGE_SOURCE_UNAVAILABLE', 'the image URL cannot be fetched', { cause: err });
       }

@@ -20,6 +20,7 @@ const REPLACED = new Set(['content-length', 'content-type', 'last-modified', 'et
  * what is sent. One log line per outcome.
  */
 export function createScaledImg(scaler: Scaler, opts: { maxWidth: number }): Interceptor {
+  const directives = new Memo(512, (value: string) => parseDirective(decodeSendData(value, SCALED_IMG_PREFIX), opts));
   return {
     name: 'send-scaled-img',
     match(head) {
@@ -29,19 +30,25 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number }): Int
       const started = performance.now();
       let directive: ScaleDirective;
       try {
-        directive = parseDirective(decodeSendData(head.sendData as string, SCALED_IMG_PREFIX), opts);
+        directive = directives.get(head.sendData as string);
       } catch (err) {
         log.error({ err, subsystem: 'scaler', outcome: 'failed' }, 'invalid send-scaled-img instruction');
         writeError(res, new EdgeDirectiveInvalid({ cause: err }));
         return;
       }
-      const abort = new AbortController();
+      const abort = new LazyAbort();
       const onClose = () => abort.abort();
       res.once('close', onClose);
       try {
         const ims = req.headers['if-modified-since'];
-        const outcome = await scaler.scale({ directive, ifModifiedSince: ims, signal: abort.signal });
-        if (abort.signal.aborted) {
+        const outcome = await scaler.scale({
+          directive,
+          ifModifiedSince: ims,
+          get signal() {
+            return abort.signal;
+          },
+        });
+        if (abort.aborted) {
           if (outcome.outcome === 'served-original' && outcome.body instanceof Readable) outcome.body.destroy();
           return;
         }
@@ -87,10 +94,10 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number }): Int
         if (Buffer.isBuffer(outcome.body)) res.end(outcome.body);
         else {
           const sent = await sendBody(outcome.body, res, outcome.size);
-          if (!sent.complete && !abort.signal.aborted) log.warn({ err: sent.err, subsystem: 'scaler' }, 'original image transfer cut');
+          if (!sent.complete && !abort.aborted) log.warn({ err: sent.err, subsystem: 'scaler' }, 'original image transfer cut');
         }
       } catch (err) {
-        if (abort.signal.aborted) return;
+        if (abort.aborted) return;
         log.error({ err, subsystem: 'scaler', outcome: 'failed', durationMs: Math.round(performance.now() - started) }, 'scaler failed');
         writeError(
           res,
@@ -103,4 +110,48 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number }): Int
       }
     },
   };
+}
+
+/** An AbortController made only when its signal is asked for: a 304 from a file never needs one. */
+class LazyAbort {
+  private controller: AbortController | undefined;
+  aborted = false;
+
+  get signal(): AbortSignal {
+    this.controller ??= new AbortController();
+    if (this.aborted) this.controller.abort();
+    return this.controller.signal;
+  }
+
+  abort(): void {
+    this.aborted = true;
+    this.controller?.abort();
+  }
+}
+
+/**
+ * The last `size` results of a pure function of a string, least recently used dropped first:
+ * avatars repeat, so most directives are decoded and validated once. Failures are not kept.
+ */
+class Memo<T> {
+  private readonly entries = new Map<string, T>();
+  private readonly size: number;
+  private readonly compute: (key: string) => T;
+
+  constructor(size: number, compute: (key: string) => T) {
+    this.size = size;
+    this.compute = compute;
+  }
+
+  get(key: string): T {
+    let value = this.entries.get(key);
+    if (value !== undefined) {
+      this.entries.delete(key);
+    } else {
+      value = this.compute(key);
+      if (this.entries.size >= this.size) this.entries.delete(this.entries.keys().next().value as string);
+    }
+    this.entries.set(key, value);
+    return value;
+  }
 }

@@ -15,6 +15,17 @@ const ASCTIME = /^(Mon|Tue|Wed|Thu|Fri|Sat|Sun) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug
  */
 export function parseHttpDate(text: string | undefined): number | undefined {
   if (text === undefined) return undefined;
+  // Revalidations of one page repeat the same date: the last answer is kept.
+  if (text === lastParsed.text) return lastParsed.ms;
+  const ms = parse(text);
+  lastParsed = { text, ms };
+  return ms;
+}
+
+let lastParsed: { text: string; ms: number | undefined } = { text: '', ms: undefined };
+let lastFormatted = { second: Number.NaN, text: '' };
+
+function parse(text: string): number | undefined {
   const t = text.trim();
   let ms: number;
   if (IMF_FIXDATE.test(t) || RFC850.test(t)) ms = Date.parse(t);
@@ -26,12 +37,14 @@ export function parseHttpDate(text: string | undefined): number | undefined {
 /** The Last-Modified value for a modification time, or undefined for an unknown (zero/epoch) time. */
 export function lastModified(mtimeMs: number): string | undefined {
   if (!Number.isFinite(mtimeMs) || mtimeMs <= 0) return undefined;
-  return new Date(Math.floor(mtimeMs / 1000) * 1000).toUTCString();
+  const second = Math.floor(mtimeMs / 1000);
+  if (second !== lastFormatted.second) lastFormatted = { second, text: new Date(second * 1000).toUTCString() };
+  return lastFormatted.text;
 }
 
 /** True when the client's copy is current: If-Modified-Since is at or after the mtime, truncated to seconds. */
 export function isNotModified(ifModifiedSince: string | undefined, mtimeMs: number): boolean {
   const since = parseHttpDate(ifModifiedSince);
-  if (since === undefined || lastModified(mtimeMs) === undefined) return false;
+  if (since === undefined || !Number.isFinite(mtimeMs) || mtimeMs <= 0) return false;
   return Math.floor(mtimeMs / 1000) * 1000 <= since;
 }

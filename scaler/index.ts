@@ -25,7 +25,8 @@ export interface OpenedImage {
 
 /** Opens originals; throws `ScaleError('EDGE_SOURCE_UNAVAILABLE')` when it cannot. */
 export interface ImageSource {
-  open(location: ImageLocation, signal: AbortSignal): Promise<OpenedImage>;
+  /** `signal()` is called only when a cancellable operation needs it (a fetch); a file never does. */
+  open(location: ImageLocation, signal: () => AbortSignal): Promise<OpenedImage>;
 }
 
 export interface ScalerOptions {
@@ -38,8 +39,11 @@ export interface ScalerOptions {
 export interface ScaleRequest {
   directive: ScaleDirective;
   ifModifiedSince: string | undefined;
-  /** Aborted when the client goes away. */
-  signal: AbortSignal;
+  /**
+   * Aborted when the client goes away. Read only when a wait or a fetch needs it, so a caller may
+   * make it on demand: a 304 from a file never asks for it.
+   */
+  readonly signal: AbortSignal;
 }
 
 export type OriginalReason =
@@ -93,8 +97,8 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
   const gate = createGate({ concurrency: opts.maxScalerProcs, maxWaitMs: opts.maxScalerWaitMs, maxQueue: opts.maxScalerProcs * 4 });
 
   async function scale(req: ScaleRequest): Promise<ScaleOutcome> {
-    const { directive, signal } = req;
-    const image = await source.open(directive.location, signal);
+    const { directive } = req;
+    const image = await source.open(directive.location, () => req.signal);
     const modified = lastModified(image.mtimeMs);
     if (isNotModified(req.ifModifiedSince, image.mtimeMs)) {
       image.discard();
@@ -145,7 +149,7 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
           // Corrupt data behind valid magic bytes, a truncated file: nothing was sent yet.
           return { error };
         }
-      }, signal)
+      }, req.signal)
       .catch((err: unknown) => {
         prefix.release();
         throw err;
