@@ -73,6 +73,32 @@ const outbound = z.strictObject({
   max_redirects: wholeNumber('a number of redirects', 0).max(20, { error: 'expected at most 20 redirects' }).default(5),
 });
 
+const uploadRoute = z.strictObject({
+  method: z
+    .string({ error: 'expected an HTTP method like "POST" or "PUT"' })
+    .regex(/^[A-Za-z]+$/, { error: 'expected an HTTP method like "POST" or "PUT"' })
+    .transform((m) => m.toUpperCase()),
+  path: z.string({ error: 'expected a regular expression on the request path, like "^/uploads/"' }).transform((text, ctx) => {
+    try {
+      return new RegExp(text);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: `expected a valid regular expression, got "${text}" (${(err as Error).message})` });
+      return z.NEVER;
+    }
+  }),
+  preauthorize: z.boolean({ error: 'expected true or false' }).default(true),
+  kind: z.enum(['multipart', 'body'], { error: 'expected "multipart" or "body"' }).default('multipart'),
+});
+
+const uploads = z.strictObject({
+  temp_dir: z
+    .string()
+    .refine((p) => isAbsolute(p), { message: 'expected an absolute directory path' })
+    .default('/var/tmp/outrider'),
+  max_files: wholeNumber('a number of file parts', 1).max(1000, { error: 'expected at most 1000 file parts' }).default(10),
+  routes: z.array(uploadRoute, { error: 'expected [[uploads.routes]] tables' }).default([]),
+});
+
 const fileSchema = z.strictObject({
   listen_addr: z
     .string()
@@ -131,7 +157,7 @@ const fileSchema = z.strictObject({
     .default('info'),
   image_resizer: imageResizer.prefault({}),
   outbound: outbound.prefault({}),
-  uploads: z.strictObject({}).optional(),
+  uploads: uploads.prefault({}),
 });
 
 /** The TOML file's shape (snake_case), mapped once to the camelCase `Config`. */
@@ -150,6 +176,11 @@ export const configSchema = fileSchema.transform((f) => ({
     maxScalerWaitMs: f.image_resizer.max_scaler_wait,
     maxWidth: f.image_resizer.max_width,
     limitInputPixels: f.image_resizer.limit_input_pixels,
+  },
+  uploads: {
+    tempDir: f.uploads.temp_dir,
+    maxFiles: f.uploads.max_files,
+    routes: f.uploads.routes,
   },
   outbound: {
     allowedHosts: f.outbound.allowed_hosts.map((h) => h.toLowerCase()),

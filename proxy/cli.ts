@@ -73,7 +73,14 @@ async function main(): Promise<void> {
   // jobs still leave 4 threads for X-Sendfile and image reads (set before the pool starts).
   process.env.UV_THREADPOOL_SIZE ??= String(Math.min(1024, config.imageResizer.maxScalerProcs + 4));
   const logger = createLogger(config);
-  const app = buildServer(config, { logger });
+  let app: ReturnType<typeof buildServer>;
+  try {
+    app = buildServer(config, { logger });
+  } catch (err) {
+    // The secret is read at start when an upload route needs it: a missing or bad one is a config error.
+    if (err instanceof ConfigError) fail(err.message);
+    throw err;
+  }
   const addr = config.listenAddr;
   try {
     if (addr.kind === 'unix') {

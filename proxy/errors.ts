@@ -12,6 +12,14 @@ export const EdgeDirectiveInvalid = createError('EDGE_DIRECTIVE_INVALID', 'Bad G
 export const EdgeSourceUnavailable = createError('EDGE_SOURCE_UNAVAILABLE', 'Bad Gateway: the requested content is not available', 502);
 export const EdgeShuttingDown = createError('EDGE_SHUTTING_DOWN', 'Service Unavailable: shutting down', 503);
 export const EdgeInternal = createError('EDGE_INTERNAL', 'Internal Server Error', 500);
+export const EdgeUploadTooLarge = createError<[string]>('EDGE_UPLOAD_TOO_LARGE', 'Request Entity Too Large: %s', 413);
+export const EdgeUploadInvalid = createError<[string]>('EDGE_UPLOAD_INVALID', 'Bad Request: %s', 400);
+export const EdgeUploadStoreFailed = createError('EDGE_UPLOAD_STORE_FAILED', 'Bad Gateway: the upload could not be stored', 502);
+export const EdgeUploadStoreTimeout = createError(
+  'EDGE_UPLOAD_STORE_TIMEOUT',
+  'Gateway Timeout: the upload could not be stored in time',
+  504,
+);
 
 /** The backend accepted the request and then did not answer in time. Failing to connect at all is a 502. */
 const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);

@@ -27,8 +27,18 @@ export interface ForwardOptions {
   isClosing: () => boolean;
 }
 
+/**
+ * A body sent to the backend in place of the client's (a rewritten upload): its Content-Type and
+ * length replace the client's body headers, and `headers` are added.
+ */
+export interface BodyReplacement {
+  body: Buffer;
+  contentType: string;
+  headers: string[];
+}
+
 /** Forwards one request to the backend and streams the answer back. Never throws. */
-export type Forwarder = (req: IncomingMessage, res: ServerResponse, requestId: string) => void;
+export type Forwarder = (req: IncomingMessage, res: ServerResponse, requestId: string, replacement?: BodyReplacement) => void;
 
 /** Bytes of a backend body Outrider reads and drops after an interceptor took over, before it cuts the backend connection. */
 const DISCARD_LIMIT = 64 * 1024;
@@ -53,7 +63,7 @@ export const forwardPlugin: FastifyPluginCallback<{ forward: Forwarder }> = (app
 };
 
 export function createForwarder(opts: ForwardOptions): Forwarder {
-  return (req, res, requestId) => {
+  return (req, res, requestId, replacement) => {
     const handler = new ForwardHandler(req, res, requestId, opts);
     (res as HandledResponse)[kHandler] = handler;
     res.on('close', onResponseClose);
@@ -72,13 +82,25 @@ export function createForwarder(opts: ForwardOptions): Forwarder {
     }
     try {
       const headers = requestHeaders(req, handler.peer, requestId, opts.version);
+      let body: IncomingMessage | Buffer | null = headers.hasBody ? req : null;
+      if (replacement !== undefined) {
+        headers.list = withoutNamed(headers.list, BODY_HEADERS);
+        headers.list.push(
+          'content-type',
+          replacement.contentType,
+          'content-length',
+          String(replacement.body.length),
+          ...replacement.headers,
+        );
+        body = replacement.body;
+      }
       opts.upstream.dispatch(
         {
           origin: undefined,
           method: req.method as Dispatcher.HttpMethod,
           path: req.url as string,
           headers: headers.list,
-          body: headers.hasBody ? req : null,
+          body,
           // A client that sent `Connection: close` should not cost us the backend connection.
           reset: false,
         },
@@ -148,7 +170,10 @@ export function requestHeaders(
   return { list: filtered, hasBody };
 }
 
-function withoutNamed(headers: string[], names: string[]): string[] {
+/** What describes a request body, replaced with the body itself. */
+const BODY_HEADERS = ['content-type', 'content-length', 'content-encoding', 'content-md5'];
+
+export function withoutNamed(headers: string[], names: readonly string[]): string[] {
   if (names.length === 0) return headers;
   const out: string[] = [];
   for (let i = 0; i < headers.length; i += 2) {
@@ -158,7 +183,7 @@ function withoutNamed(headers: string[], names: string[]): string[] {
 }
 
 /** The connecting peer; a unix-socket peer counts as loopback, as in Workhorse. */
-function peerAddress(req: IncomingMessage): string {
+export function peerAddress(req: IncomingMessage): string {
   const addr = req.socket.remoteAddress;
   if (addr === undefined) return '127.0.0.1';
   return addr.startsWith('::ffff:') ? addr.slice(7) : addr;

@@ -1,3 +1,4 @@
+import type { Readable } from 'node:stream';
 import { Agent, type Dispatcher } from 'undici';
 import type { Config } from '../config/schema.js';
 
@@ -8,8 +9,10 @@ export class OutboundRefusedError extends Error {
 }
 
 export interface OutboundRequest {
-  method?: 'GET' | 'HEAD';
+  method?: 'GET' | 'HEAD' | 'PUT' | 'POST' | 'DELETE';
   headers?: Record<string, string>;
+  /** A request body (object-storage uploads); streamed, never buffered. Never sent again on a redirect. */
+  body?: Readable | Buffer | string;
   /** Follow 3xx Location answers (each hop is checked against the policy). */
   allowRedirects?: boolean;
   signal?: AbortSignal;
@@ -58,6 +61,7 @@ export function createOutbound(config: Pick<Config, 'outbound'>): Outbound {
           path: `${url.pathname}${url.search}`,
           method: opts.method ?? 'GET',
           headers: opts.headers,
+          body: opts.body,
           signal: opts.signal,
         });
         const location = res.headers.location;

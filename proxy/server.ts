@@ -10,6 +10,8 @@ import { createImageSource } from './image-source.js';
 import { createInterceptors, type Interceptor } from './intercept.js';
 import { createLogger } from './logger.js';
 import { createOutbound } from './outbound.js';
+import { loadSecret } from './secret.js';
+import { createUploads } from './upload.js';
 import { createUpstream } from './upstream.js';
 import { VERSION } from './version.js';
 
@@ -68,9 +70,20 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
   });
   setErrorHandler(app);
 
-  const forward = createForwarder({
+  const forwarder = createForwarder({
     upstream,
     interceptors: opts.interceptors ?? createInterceptors({ outbound, scaler, maxWidth: config.imageResizer.maxWidth }),
+    version: VERSION,
+    log: app.log,
+    isClosing: () => closing,
+  });
+  const forward = createUploads({
+    uploads: config.uploads,
+    // Read at start, and only when an upload route needs it (Workhorse reads it lazily and fails requests).
+    secret: config.uploads.routes.length > 0 ? loadSecret(config.secretPath) : Buffer.alloc(0),
+    upstream,
+    outbound,
+    forward: forwarder,
     version: VERSION,
     log: app.log,
     isClosing: () => closing,

@@ -104,6 +104,31 @@ describe('the outrider command', () => {
     expect(unknown.stderr).not.toMatch(/\n\s+at /);
   });
 
+  it('exits with code 2 when an upload route needs the secret and it is missing or malformed', () => {
+    const dir = tempDir();
+    const config = (secret: string) => {
+      const file = join(dir, `c${Math.random()}.toml`);
+      writeFileSync(
+        file,
+        `secret_path = "${secret}"\nlisten_addr = "127.0.0.1:0"\n[[uploads.routes]]\nmethod = "POST"\npath = "^/uploads/"\n`,
+      );
+      return file;
+    };
+    const missing = run(['--config', config(join(dir, 'nope'))]);
+    expect(missing.status).toBe(2);
+    expect(missing.stderr).toBe(`outrider: ${join(dir, 'nope')}: cannot read the secret (secret_path): no such file\n`);
+    const short = join(dir, 'short');
+    writeFileSync(short, Buffer.alloc(16).toString('base64'));
+    const bad = run(['--config', config(short)]);
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toBe(`outrider: ${short}: the secret (secret_path) must be the base64 of 32 bytes, got 16 bytes\n`);
+    const regex = join(dir, 'regex.toml');
+    writeFileSync(regex, '[[uploads.routes]]\nmethod = "POST"\npath = "^/uploads/("\n');
+    const badRegex = run(['--config', regex]);
+    expect(badRegex.status).toBe(2);
+    expect(badRegex.stderr).toContain('uploads.routes.0.path: expected a valid regular expression, got "^/uploads/("');
+  });
+
   it('listens on a unix socket and reaches the backend through auth_socket', async () => {
     const dir = tempDir();
     const backendSocket = join(dir, 'backend.sock');

@@ -35,6 +35,7 @@ describe('configuration', () => {
         limitInputPixels: 25_000_000,
       },
       outbound: { allowedHosts: [], connectTimeoutMs: 10_000, headersTimeoutMs: 30_000, bodyTimeoutMs: 300_000, maxRedirects: 5 },
+      uploads: { tempDir: '/var/tmp/outrider', maxFiles: 10, routes: [] },
     });
     expect(DEFAULT_MAX_SCALER_PROCS).toBeGreaterThanOrEqual(2);
   });
@@ -101,7 +102,10 @@ max_filesize = 0
     expect(errorOf('[image_resizer]\nmax_filesise = 1')).toBe(
       'outrider.toml: invalid config\n  - image_resizer.max_filesise: unknown key in [image_resizer]',
     );
-    expect(errorOf('[uploads]\ntemp_dir = "/tmp"')).toContain('uploads.temp_dir: unknown key in [uploads]');
+    expect(errorOf('[uploads]\ntmp_dir = "/tmp"')).toContain('uploads.tmp_dir: unknown key in [uploads]');
+    expect(errorOf('[[uploads.routes]]\nmethod = "POST"\npath = "^/u"\npre_authorize = true')).toContain(
+      'uploads.routes.0.pre_authorize: unknown key in [uploads.routes.0]',
+    );
     expect(errorOf('[imageresizer]\nmax_filesize = 1')).toContain('imageresizer: unknown key at the top level');
   });
 

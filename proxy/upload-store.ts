@@ -1,0 +1,298 @@
+import { createHash, type Hash, randomUUID } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { type Readable, Transform, type TransformCallback } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { Outbound } from './outbound.js';
+
+export const HASHES = ['md5', 'sha1', 'sha256', 'sha512'] as const;
+export type HashName = (typeof HASHES)[number];
+
+/** Where the backend said a file goes (the authorize answer), or `temp_dir` for routes without one. */
+export type Destination =
+  | { kind: 'local'; dir: string }
+  | {
+      kind: 'remote';
+      /** Where the backend reads the object (`<f>.remote_url`) and its id (`<f>.remote_id`). */
+      getUrl: string;
+      id: string;
+      storeUrl: string;
+      deleteUrl: string | undefined;
+      putHeaders: Record<string, string>;
+      timeoutMs: number;
+      multipart: { partSize: number; partUrls: string[]; completeUrl: string; abortUrl: string | undefined } | undefined;
+    };
+
+export interface StoredFile {
+  path: string;
+  remoteUrl: string;
+  remoteId: string;
+  size: number;
+  hashes: Partial<Record<HashName, string>>;
+  durationS: number;
+}
+
+/** Why a file could not be stored; `status` is what the client is answered. */
+export class StoreError extends Error {
+  override name = 'StoreError';
+  readonly status: 400 | 413 | 500 | 502 | 504;
+  constructor(status: 400 | 413 | 500 | 502 | 504, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.status = status;
+  }
+}
+
+/**
+ * Counts and hashes the bytes going through in the same pass (md5, sha1, sha256, sha512, or the
+ * backend's `UploadHashFunctions`), and fails with a 413 past `maxSize` (0: no limit): the file is
+ * refused as soon as it is too large, never after it was stored whole.
+ */
+export class Meter extends Transform {
+  size = 0;
+  private readonly hashes: [HashName, Hash][];
+  private readonly maxSize: number;
+
+  constructor(hashes: readonly HashName[], maxSize: number) {
+    super();
+    this.hashes = hashes.map((name) => [name, createHash(name)]);
+    this.maxSize = maxSize;
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.size += chunk.length;
+    if (this.maxSize > 0 && this.size > this.maxSize) {
+      callback(new StoreError(413, `the file is larger than the ${this.maxSize} bytes allowed`));
+      return;
+    }
+    for (const [, hash] of this.hashes) hash.update(chunk);
+    callback(null, chunk);
+  }
+
+  digests(): Partial<Record<HashName, string>> {
+    return Object.fromEntries(this.hashes.map(([name, hash]) => [name, hash.digest('hex')]));
+  }
+}
+
+/** Everything one request stored, removed when the request is over, whatever way it ends. */
+export class Stash {
+  private readonly files: string[] = [];
+  private readonly remote: string[] = [];
+  private readonly outbound: Outbound;
+
+  constructor(outbound: Outbound) {
+    this.outbound = outbound;
+  }
+
+  /** A new file name inside `dir`, never derived from the client's file name. */
+  newFile(dir: string): string {
+    const path = join(dir, `outrider-upload-${randomUUID()}`);
+    this.files.push(path);
+    return path;
+  }
+
+  /** A remote temporary object to delete (`DeleteURL`) when the request ends. */
+  remoteObject(deleteUrl: string): void {
+    this.remote.push(deleteUrl);
+  }
+
+  private readonly pending: Promise<unknown>[] = [];
+
+  /** A store in progress: clearing waits for it, so a file it is still creating is removed too. */
+  track(work: Promise<unknown>): void {
+    this.pending.push(work);
+  }
+
+  /** Removes every file and remote object; failures are returned for the log, never thrown. */
+  async clear(): Promise<unknown[]> {
+    await Promise.allSettled(this.pending.splice(0));
+    const errors: unknown[] = [];
+    const files = this.files.splice(0);
+    const remote = this.remote.splice(0);
+    await Promise.all([
+      ...files.map((f) => rm(f, { force: true }).catch((err: unknown) => errors.push(err))),
+      ...remote.map(async (url) => {
+        try {
+          const res = await this.outbound.request(url, { method: 'DELETE', signal: AbortSignal.timeout(30_000) });
+          await res.body.dump({ limit: 1 });
+        } catch (err) {
+          errors.push(err);
+        }
+      }),
+    ]);
+    return errors;
+  }
+}
+
+export interface StoreOptions {
+  destination: Destination;
+  hashes: readonly HashName[];
+  /** Bytes allowed (`MaximumSize`); 0: no limit. */
+  maxSize: number;
+  /** The exact size when the client declared it (a body upload's Content-Length). */
+  size?: number;
+  stash: Stash;
+  outbound: Outbound;
+  /** Scratch space for object-storage multipart parts. */
+  tempDir: string;
+  signal: AbortSignal;
+}
+
+/** Stores one file stream at its destination, hashing it on the way; backpressure all along. */
+export function storeFile(input: Readable, opts: StoreOptions): Promise<StoredFile> {
+  const work = store(input, opts);
+  opts.stash.track(work);
+  return work;
+}
+
+async function store(input: Readable, opts: StoreOptions): Promise<StoredFile> {
+  const started = performance.now();
+  const meter = new Meter(opts.hashes, opts.maxSize);
+  const dest = opts.destination;
+  const fail = (err: unknown): never => {
+    if (err instanceof StoreError) throw err;
+    if (opts.signal.aborted) throw err;
+    const name = (err as Error).name;
+    if (name === 'TimeoutError') throw new StoreError(504, 'object storage did not answer in time', { cause: err });
+    // A local disk that fails is Outrider's own fault; object storage is an upstream.
+    throw new StoreError(dest.kind === 'local' ? 500 : 502, 'the file could not be stored', { cause: err });
+  };
+  let path = '';
+  try {
+    if (dest.kind === 'local') {
+      await mkdir(dest.dir, { recursive: true, mode: 0o700 });
+      path = opts.stash.newFile(dest.dir);
+      await pipeline(input, meter, createWriteStream(path, { flags: 'wx', mode: 0o600 }), { signal: opts.signal });
+    } else {
+      const signal = AbortSignal.any([opts.signal, AbortSignal.timeout(dest.timeoutMs)]);
+      if (dest.deleteUrl !== undefined) opts.stash.remoteObject(dest.deleteUrl);
+      if (dest.multipart !== undefined && dest.multipart.partSize > 0) {
+        input.on('error', (err) => meter.destroy(err));
+        await putMultipart(input.pipe(meter), dest.multipart, { ...opts, signal });
+      } else {
+        await putSingle(input, meter, dest, opts, signal);
+      }
+    }
+  } catch (err) {
+    fail(err);
+  }
+  if (opts.size !== undefined && meter.size !== opts.size) {
+    throw new StoreError(400, `the body ended after ${meter.size} of ${opts.size} bytes`);
+  }
+  return {
+    path,
+    remoteUrl: dest.kind === 'remote' ? dest.getUrl : '',
+    remoteId: dest.kind === 'remote' ? dest.id : '',
+    size: meter.size,
+    hashes: meter.digests(),
+    durationS: Math.round(performance.now() - started) / 1000,
+  };
+}
+
+/** One presigned PUT of the whole stream (chunked when its length is not known in advance). */
+async function putSingle(
+  input: Readable,
+  meter: Meter,
+  dest: Extract<Destination, { kind: 'remote' }>,
+  opts: StoreOptions,
+  signal: AbortSignal,
+) {
+  const headers = { ...dest.putHeaders };
+  if (opts.size !== undefined) headers['content-length'] = String(opts.size);
+  input.on('error', (err) => meter.destroy(err));
+  const res = await opts.outbound.request(dest.storeUrl, { method: 'PUT', headers, body: input.pipe(meter), signal });
+  await res.body.dump({ limit: 64 * 1024 }).catch(() => undefined);
+  if (res.statusCode < 200 || res.statusCode > 299) throw new StoreError(502, `object storage answered ${res.statusCode} to the upload`);
+}
+
+/**
+ * The presigned multipart upload: the stream is cut into `PartSize` parts, each written to a
+ * scratch file first (a part needs its exact length, and memory stays flat whatever PartSize is),
+ * PUT to its own URL, then the list of ETags is POSTed to CompleteURL. Any failure aborts the
+ * upload at AbortURL. More parts than URLs means the file is too large.
+ */
+async function putMultipart(
+  stream: Readable,
+  mp: NonNullable<Extract<Destination, { kind: 'remote' }>['multipart']>,
+  opts: StoreOptions,
+): Promise<void> {
+  const etags: string[] = [];
+  await mkdir(opts.tempDir, { recursive: true, mode: 0o700 });
+  try {
+    let part: { path: string; out: ReturnType<typeof createWriteStream>; size: number } | undefined;
+    const flush = async () => {
+      if (part === undefined) return;
+      const current = part;
+      part = undefined;
+      await new Promise<void>((resolve, reject) => current.out.end((err?: Error | null) => (err ? reject(err) : resolve())));
+      const index = etags.length;
+      const url = mp.partUrls[index];
+      if (url === undefined) throw new StoreError(413, `the file needs more than the ${mp.partUrls.length} parts allowed`);
+      const res = await opts.outbound.request(url, {
+        method: 'PUT',
+        headers: { 'content-length': String(current.size) },
+        body: createReadStream(current.path),
+        signal: opts.signal,
+      });
+      await res.body.dump({ limit: 64 * 1024 }).catch(() => undefined);
+      await rm(current.path, { force: true });
+      const etag = res.headers.etag;
+      if (res.statusCode < 200 || res.statusCode > 299 || typeof etag !== 'string') {
+        throw new StoreError(502, `object storage answered ${res.statusCode} to part ${index + 1}`);
+      }
+      etags.push(etag);
+    };
+    for await (const chunk of stream) {
+      let data = chunk as Buffer;
+      while (data.length > 0) {
+        if (part === undefined) {
+          const path = opts.stash.newFile(opts.tempDir);
+          part = { path, out: createWriteStream(path, { flags: 'wx', mode: 0o600 }), size: 0 };
+        }
+        const take = Math.min(data.length, mp.partSize - part.size);
+        const slice = data.subarray(0, take);
+        data = data.subarray(take);
+        part.size += take;
+        if (!part.out.write(slice)) await new Promise<void>((resolve) => part?.out.once('drain', () => resolve()));
+        if (part.size === mp.partSize) await flush();
+      }
+    }
+    if (part !== undefined || etags.length === 0) {
+      if (part === undefined) {
+        // An empty file is still one (empty) part.
+        const path = opts.stash.newFile(opts.tempDir);
+        part = { path, out: createWriteStream(path, { flags: 'wx', mode: 0o600 }), size: 0 };
+      }
+      await flush();
+    }
+    const xml = `<CompleteMultipartUpload>${etags.map((etag, i) => `<Part><PartNumber>${i + 1}</PartNumber><ETag>${escapeXml(etag)}</ETag></Part>`).join('')}</CompleteMultipartUpload>`;
+    const done = await opts.outbound.request(mp.completeUrl, {
+      method: 'POST',
+      headers: { 'content-type': 'application/xml', 'content-length': String(Buffer.byteLength(xml)) },
+      body: xml,
+      signal: opts.signal,
+    });
+    // S3 may answer 200 and put an <Error> in the body: the first bytes tell.
+    let head = '';
+    for await (const chunk of done.body) {
+      head += (chunk as Buffer).toString('utf8');
+      if (head.length > 4096) break;
+    }
+    done.body.destroy();
+    if (done.statusCode < 200 || done.statusCode > 299 || head.includes('<Error>')) {
+      throw new StoreError(502, `object storage answered ${done.statusCode} to completing the upload`);
+    }
+  } catch (err) {
+    if (mp.abortUrl !== undefined) {
+      await opts.outbound
+        .request(mp.abortUrl, { method: 'DELETE', signal: AbortSignal.timeout(30_000) })
+        .then((res) => res.body.dump({ limit: 1 }))
+        .catch(() => undefined);
+    }
+    throw err;
+  }
+}
+
+function escapeXml(text: string): string {
+  return text.replace(/[<>&'"]/g, (c) => `&#${c.charCodeAt(0)};`);
+}
