@@ -8,7 +8,7 @@ import { createLogger } from './logger.js';
 import { buildServer } from './server.js';
 import { VERSION } from './version.js';
 
-const USAGE = `Usage: outrider [--config FILE] [--listen-addr ADDR] [--auth-backend URL]
+const USAGE = `Usage: outrider [--config FILE] [--listen-addr ADDR] [--auth-backend URL] [--secret-path FILE]
 
 Outrider: a reverse proxy in front of a backend app that serves scaled images,
 files and uploads the backend asks it to (GitLab Workhorse's protocol).
@@ -17,6 +17,7 @@ Options:
   --config FILE         TOML configuration (every key has a default; see config.example.toml)
   --listen-addr ADDR    where to listen: "host:port" or "unix:/path" (overrides listen_addr)
   --auth-backend URL    the backend's origin, e.g. http://localhost:8080 (overrides auth_backend)
+  --secret-path FILE    the secret shared with the backend (overrides secret_path)
   --version             print the version and exit
   --help                print this help and exit
 `;
@@ -44,6 +45,7 @@ function readConfig(argv: string[]): Config {
   const overrides: ConfigOverride[] = [];
   if (values['listen-addr'] !== undefined) overrides.push({ key: 'listen_addr', flag: '--listen-addr', value: values['listen-addr'] });
   if (values['auth-backend'] !== undefined) overrides.push({ key: 'auth_backend', flag: '--auth-backend', value: values['auth-backend'] });
+  if (values['secret-path'] !== undefined) overrides.push({ key: 'secret_path', flag: '--secret-path', value: values['secret-path'] });
   try {
     return values.config === undefined ? loadConfig('', { source: 'command line', overrides }) : loadConfigFile(values.config, overrides);
   } catch (err) {
@@ -61,6 +63,7 @@ function parse(argv: string[]) {
       config: { type: 'string', short: 'c' },
       'listen-addr': { type: 'string' },
       'auth-backend': { type: 'string' },
+      'secret-path': { type: 'string' },
       version: { type: 'boolean', short: 'v' },
       help: { type: 'boolean', short: 'h' },
     },

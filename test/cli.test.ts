@@ -65,6 +65,7 @@ describe('the outrider command', () => {
     expect(help.status).toBe(0);
     expect(help.stdout).toContain('--listen-addr ADDR');
     expect(help.stdout).toContain('--auth-backend URL');
+    expect(help.stdout).toContain('--secret-path FILE');
   });
 
   it('exits with code 2 and one clear message for a bad config, with no stack trace', () => {
@@ -117,6 +118,9 @@ describe('the outrider command', () => {
     const missing = run(['--config', config(join(dir, 'nope'))]);
     expect(missing.status).toBe(2);
     expect(missing.stderr).toBe(`outrider: ${join(dir, 'nope')}: cannot read the secret (secret_path): no such file\n`);
+    // --secret-path overrides the file's secret_path.
+    const flagged = run(['--config', config(join(dir, 'nope')), '--secret-path', join(dir, 'other')]);
+    expect(flagged.stderr).toBe(`outrider: ${join(dir, 'other')}: cannot read the secret (secret_path): no such file\n`);
     const short = join(dir, 'short');
     writeFileSync(short, Buffer.alloc(16).toString('base64'));
     const bad = run(['--config', config(short)]);
