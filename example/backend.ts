@@ -1,24 +1,40 @@
-import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync } from 'node:fs';
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
+import { copyFile, open, rename, unlink } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, dirname, extname, join, resolve } from 'node:path';
+import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
 
 /** Files the example hands to Outrider with X-Sendfile (example/files, from source or dist/). */
 const FILES = fileURLToPath(new URL(import.meta.url.includes('/dist/') ? '../../example/files/' : './files/', import.meta.url));
 
+export interface ExampleBackendOptions {
+  /** The 32 bytes shared with Outrider (whose `secret_path` file holds their base64). */
+  secret: Buffer;
+  /**
+   * The `TempPath` the backend hands Outrider for avatar uploads: Outrider stores files there
+   * until the backend has moved them. Default: `<tmpdir>/outrider-example-uploads`.
+   */
+  uploadTempDir?: string;
+}
+
 /**
  * The example backend: a plain node:http app of the kind Outrider fronts. It shows what a backend
  * sees behind Outrider (the Workhorse headers), and what Outrider does with its answers.
  */
-export function createExampleBackend(): Server {
+export function createExampleBackend(options: ExampleBackendOptions): Server {
+  const all: Record<string, Route> = {
+    ...routes,
+    ...uploadRoutes(options.secret, resolve(options.uploadTempDir ?? join(tmpdir(), 'outrider-example-uploads'))),
+  };
   return createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
     if (path.startsWith('/avatars/')) return void avatar(req, res, path.slice('/avatars/'.length));
-    const route = routes[path];
+    const route = all[path];
     if (route === undefined) {
       res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' }).end('Not found\n');
       return;
@@ -46,8 +62,15 @@ const routes: Record<string, Route> = {
   <li><a href="/headers">/headers</a>: the request headers the backend received (Gitlab-Workhorse, X-Forwarded-For, X-Request-Id…)</li>
   <li><a href="/stream">/stream</a>: a response written line by line over two seconds, relayed as it is written</li>
   <li>Avatars, scaled by Outrider when the backend asks (<code>send-scaled-img</code>), the original otherwise (<code>X-Sendfile</code>):<br>
-    ${AVATARS.map((a) => `<a href="/avatars/${a}"><img src="/avatars/${a}?width=64" srcset="/avatars/${a}?width=64 1x, /avatars/${a}?width=160 2x" width="64" height="64" alt="${a}"></a>`).join(' ')}
+    ${listAvatars()
+      .map(escapeHtml)
+      .map(
+        (a) =>
+          `<a href="/avatars/${a}"><img src="/avatars/${a}?width=64" srcset="/avatars/${a}?width=64 1x, /avatars/${a}?width=160 2x" width="64" height="64" alt="${a}"></a>`,
+      )
+      .join(' ')}
     <br><a href="/avatars/ada.png?width=40">ada.png?width=40</a>, <a href="/avatars/grace.jpg?width=96">grace.jpg?width=96</a></li>
+  <li><a href="/upload">/upload</a>: upload an avatar; Outrider stores the file, the backend only moves it (accelerated upload)</li>
   <li><a href="/files/hello.txt">/files/hello.txt</a>: the backend answers with <code>X-Sendfile</code>; Outrider serves the file (try a <code>Range</code> header)</li>
   <li><a href="/mirror">/mirror</a>: the backend answers with <code>send-url</code> pointing at its own <code>/hello</code>; Outrider fetches and streams it</li>
   <li><a href="/internal">/internal</a>: an internal API answer, which Outrider refuses to pass to a client (500)</li>
@@ -114,6 +137,24 @@ const routes: Record<string, Route> = {
     res.writeHead(200, { 'gitlab-workhorse-send-data': `send-url:${data}`, 'cache-control': 'private, max-age=60' }).end();
   },
 
+  '/upload': (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+    res.end(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Upload an avatar</title></head>
+<body>
+<h1>Upload an avatar</h1>
+<p>A PNG or JPEG of at most 5 MiB. Outrider asks the backend first (<code>/uploads/avatar/authorize</code>), stores the file
+while it streams in, and sends the backend only its path, size and SHA-256, signed; the backend checks the signatures
+and moves the file into the avatars.</p>
+<form method="post" action="/uploads/avatar" enctype="multipart/form-data">
+  <input type="file" name="avatar" accept="image/png,image/jpeg" required>
+  <button>Upload</button>
+</form>
+<p><a href="/">Back to the home page</a></p>
+</body></html>
+`);
+  },
+
   '/internal': (_req, res) => {
     // What a backend answers to Outrider's own API calls (upload pre-authorization): never for clients.
     res.writeHead(200, { 'content-type': 'application/vnd.gitlab-workhorse+json' }).end('{"TempPath":"/var/tmp/uploads"}');
@@ -122,14 +163,17 @@ const routes: Record<string, Route> = {
 
 /** The widths GitLab allows for user avatars (avatarable.rb); others get the original. */
 const AVATAR_WIDTHS = new Set([16, 20, 23, 24, 26, 32, 36, 38, 40, 48, 60, 64, 90, 96, 120, 160]);
-const AVATARS = ['ada.png', 'grace.jpg', 'linus.png'];
+/** The avatars the example starts with; uploads join them in the same directory. */
+const STARTER_AVATARS = ['ada.png', 'grace.jpg', 'linus.png'];
 const AVATAR_DIR = join(tmpdir(), 'outrider-example-avatars');
+/** What an avatar's file name may look like: the only names served, and what uploads are renamed to. */
+const AVATAR_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]*\.(png|jpe?g)$/i;
 
 /** Makes the example's 400x400 avatars once (a coloured disc on a gradient, PNG or JPEG). */
 export async function prepareAvatars(): Promise<string> {
   mkdirSync(AVATAR_DIR, { recursive: true });
   const colours: Record<string, string> = { 'ada.png': '#7c3aed', 'grace.jpg': '#059669', 'linus.png': '#dc2626' };
-  for (const name of AVATARS) {
+  for (const name of STARTER_AVATARS) {
     const file = join(AVATAR_DIR, name);
     if (existsSync(file)) continue;
     const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="400" height="400">
@@ -142,15 +186,29 @@ export async function prepareAvatars(): Promise<string> {
   return AVATAR_DIR;
 }
 
+/** The avatars on disk, oldest first: the starters, then uploads in the order they came. */
+function listAvatars(): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(AVATAR_DIR).filter((name) => AVATAR_NAME.test(name));
+  } catch {
+    return [];
+  }
+  const mtimes = new Map(names.map((name) => [name, statSync(join(AVATAR_DIR, name), { throwIfNoEntry: false })?.mtimeMs ?? 0]));
+  return names.sort((a, b) => (mtimes.get(a) ?? 0) - (mtimes.get(b) ?? 0) || a.localeCompare(b));
+}
+
 /**
  * GitLab's avatar route: with an allowed ?width=, the backend answers 200 with a send-scaled-img
  * directive and no body; without one, with X-Sendfile for the original. Authorization and caching
  * policy stay with the backend; Outrider does the bytes.
  */
 function avatar(req: IncomingMessage, res: ServerResponse, name: string): void {
-  if (!AVATARS.includes(name)) return void res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' }).end('No such avatar\n');
   const location = join(AVATAR_DIR, name);
-  const contentType = name.endsWith('.png') ? 'image/png' : 'image/jpeg';
+  if (!AVATAR_NAME.test(name) || statSync(location, { throwIfNoEntry: false })?.isFile() !== true) {
+    return void res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' }).end('No such avatar\n');
+  }
+  const contentType = name.toLowerCase().endsWith('.png') ? 'image/png' : 'image/jpeg';
   const width = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('width'));
   const headers: Record<string, string> = { 'content-type': contentType, 'cache-control': 'max-age=0, private, must-revalidate' };
   if (AVATAR_WIDTHS.has(width)) {
@@ -160,6 +218,174 @@ function avatar(req: IncomingMessage, res: ServerResponse, name: string): void {
     headers['x-sendfile'] = location;
   }
   res.writeHead(200, headers).end();
+}
+
+/*
+ * Accelerated avatar uploads (example/outrider.toml routes POST /uploads/avatar through Outrider's
+ * upload acceleration). The backend does three small things: it says yes at /authorize, it checks
+ * the signatures on what Outrider forwards, and it moves the file Outrider stored.
+ */
+
+/** Bytes allowed per avatar (the authorize answer's MaximumSize): Outrider refuses more with 413. */
+const AVATAR_MAX_BYTES = 5 * 1024 * 1024;
+/** How old a Gitlab-Workhorse-Api-Request token may be (GitLab's API_REQUEST_JWT_VALIDITY). */
+const API_REQUEST_VALIDITY_S = 90;
+/** The rewritten body holds fields only (no file bytes): it is small and read whole. */
+const FORM_LIMIT = 64 * 1024;
+
+/**
+ * Verifies an HS256 JSON Web Token signed by Outrider (or GitLab Workhorse) with the shared secret
+ * and returns its claims, or undefined when it is malformed, not HS256, badly signed or not issued
+ * by "gitlab-workhorse". Nothing but node:crypto: the same dozen lines in any language.
+ */
+export function verifyWorkhorseJwt(token: string, secret: Buffer): Record<string, unknown> | undefined {
+  const [header, payload, signature, ...rest] = token.split('.');
+  if (header === undefined || payload === undefined || signature === undefined || rest.length > 0) return undefined;
+  const expected = createHmac('sha256', secret).update(`${header}.${payload}`).digest();
+  const given = Buffer.from(signature, 'base64url');
+  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return undefined;
+  try {
+    const { alg } = JSON.parse(Buffer.from(header, 'base64url').toString('utf8')) as { alg?: unknown };
+    const claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as unknown;
+    if (alg !== 'HS256' || typeof claims !== 'object' || claims === null) return undefined;
+    return (claims as { iss?: unknown }).iss === 'gitlab-workhorse' ? (claims as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function uploadRoutes(secret: Buffer, tempPath: string): Record<string, Route> {
+  const refuse = (res: ServerResponse, status: number, message: string) => {
+    res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8' }).end(`${message}\n`);
+  };
+  return {
+    // Outrider asks before it reads a byte of the file: same method, path + /authorize, no body.
+    '/uploads/avatar/authorize': (req, res) => {
+      if (req.method !== 'POST') return void res.writeHead(405, { allow: 'POST' }).end();
+      const token = req.headers['gitlab-workhorse-api-request'];
+      const claims = typeof token === 'string' ? verifyWorkhorseJwt(token, secret) : undefined;
+      const age = Math.floor(Date.now() / 1000) - Number(claims?.iat);
+      if (claims === undefined || !(Math.abs(age) <= API_REQUEST_VALIDITY_S)) {
+        return refuse(res, 401, 'Unauthorized: not a fresh request signed by Outrider');
+      }
+      // A real app checks the user here (session, permissions, quota) and answers 401/403 if not:
+      // Outrider relays any answer but this one to the client and never stores the file.
+      res.writeHead(200, { 'content-type': 'application/vnd.gitlab-workhorse+json' });
+      res.end(JSON.stringify({ TempPath: tempPath, MaximumSize: AVATAR_MAX_BYTES, UploadHashFunctions: ['sha256'] }));
+    },
+
+    // What arrives after Outrider stored the file: fields only, signed.
+    '/uploads/avatar': (req, res) => {
+      if (req.method !== 'POST') return void res.writeHead(405, { allow: 'POST' }).end();
+      receiveAvatar(req, secret, tempPath).then(
+        (outcome) => {
+          if ('refused' in outcome) return refuse(res, outcome.status, outcome.refused);
+          res.writeHead(303, { location: '/', 'content-type': 'text/plain; charset=utf-8' }).end(`Saved as ${outcome.saved}\n`);
+        },
+        (err: unknown) => {
+          process.stderr.write(`example backend: avatar upload failed: ${(err as Error).stack ?? String(err)}\n`);
+          if (!res.headersSent) refuse(res, 500, 'Internal Server Error');
+        },
+      );
+    },
+  };
+}
+
+type Received = { saved: string } | { status: number; refused: string };
+
+/**
+ * Checks an upload Outrider forwarded and moves its file into the avatars. The file must be moved
+ * (or copied) before the answer: Outrider deletes it once the request is over.
+ */
+async function receiveAvatar(req: IncomingMessage, secret: Buffer, tempPath: string): Promise<Received> {
+  const bad = (refused: string): Received => ({ status: 400, refused: `Bad Request: ${refused}` });
+  // 1. Signed by Outrider? A client cannot forge this header: Outrider drops the client's own.
+  const header = req.headers['gitlab-workhorse-multipart-fields'];
+  const fields = typeof header === 'string' ? verifyWorkhorseJwt(header, secret) : undefined;
+  const rewritten = fields?.rewritten_fields as Record<string, unknown> | undefined;
+  if (typeof rewritten?.avatar !== 'string') return bad('uploads are accepted through Outrider only');
+  if (Number(req.headers['content-length'] ?? Number.POSITIVE_INFINITY) > FORM_LIMIT) {
+    return { status: 413, refused: 'Request Entity Too Large' };
+  }
+  // 2. The rewritten form: avatar.name, avatar.path, avatar.size, avatar.sha256…, all strings.
+  let form: FormData;
+  try {
+    form = await new Response(Readable.toWeb(req) as ReadableStream, {
+      headers: { 'content-type': req.headers['content-type'] ?? '' },
+    }).formData();
+  } catch {
+    return bad('the form cannot be read');
+  }
+  const signed = verifyWorkhorseJwt(String(form.get('avatar.gitlab-workhorse-upload') ?? ''), secret)?.upload as
+    | Record<string, unknown>
+    | undefined;
+  // 3. Trust only what is signed, and only a file in the directory this backend handed out.
+  const path = signed?.path;
+  if (typeof path !== 'string' || path !== rewritten.avatar || path !== form.get('avatar.path')) {
+    return bad('the avatar fields are not the ones Outrider signed');
+  }
+  if (dirname(path) !== tempPath) return bad('the avatar is not in the upload directory');
+  // 4. An image by its bytes and by its name, and a name safe to serve.
+  const ext = extname(String(signed?.name ?? '')).toLowerCase();
+  const magic = await firstBytes(path, 8).catch(() => undefined);
+  if (magic === undefined) return bad('the uploaded file is gone');
+  const kind = magic.subarray(0, 8).equals(PNG_MAGIC) ? 'png' : magic.subarray(0, 3).equals(JPEG_MAGIC) ? 'jpeg' : undefined;
+  if (kind === undefined) return bad('the avatar is not a PNG or JPEG image');
+  if ((kind === 'png') !== (ext === '.png') || (kind === 'jpeg') !== (ext === '.jpg' || ext === '.jpeg')) {
+    return bad(`the avatar's name must end in ${kind === 'png' ? '.png' : '.jpg or .jpeg'}`);
+  }
+  const stem =
+    basename(String(signed?.name), extname(String(signed?.name)))
+      .replace(/[^A-Za-z0-9._-]/g, '_')
+      .replace(/^[._-]+/, '')
+      .slice(0, 64) || 'avatar';
+  return { saved: await moveToAvatars(path, stem, ext) };
+}
+
+const PNG_MAGIC = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+const JPEG_MAGIC = Buffer.from([0xff, 0xd8, 0xff]);
+
+async function firstBytes(path: string, n: number): Promise<Buffer> {
+  const file = await open(path, 'r');
+  try {
+    const { buffer, bytesRead } = await file.read(Buffer.alloc(n), 0, n, 0);
+    return buffer.subarray(0, bytesRead);
+  } finally {
+    await file.close();
+  }
+}
+
+/**
+ * Moves `from` into the avatars as `<stem><ext>`, or `<stem>-1<ext>`, `<stem>-2<ext>`… when the
+ * name is taken. The name is claimed by creating it exclusively, so two uploads never overwrite
+ * each other; then the file is renamed over the claim, or copied when it lives on another device.
+ */
+async function moveToAvatars(from: string, stem: string, ext: string): Promise<string> {
+  for (let n = 0; n < 1000; n++) {
+    const name = n === 0 ? `${stem}${ext}` : `${stem}-${n}${ext}`;
+    const to = join(AVATAR_DIR, name);
+    try {
+      await (await open(to, 'wx')).close();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') continue;
+      throw err;
+    }
+    try {
+      await rename(from, to);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EXDEV') {
+        await unlink(to).catch(() => undefined);
+        throw err;
+      }
+      await copyFile(from, to).catch(async (copyErr: unknown) => {
+        await unlink(to).catch(() => undefined);
+        throw copyErr;
+      });
+      await unlink(from).catch(() => undefined); // Outrider removes whatever is left anyway
+    }
+    return name;
+  }
+  throw new Error(`no free avatar name for ${stem}${ext}`);
 }
 
 function escapeHtml(text: string): string {

@@ -1,5 +1,9 @@
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createExampleBackend, prepareAvatars } from './backend.js';
 
@@ -7,23 +11,45 @@ import { createExampleBackend, prepareAvatars } from './backend.js';
  * `npm start`: the example backend on 127.0.0.1:8080 and Outrider on 127.0.0.1:8181 in front of
  * it (example/outrider.toml), Outrider's logs on stdout, URLs to try once both are up.
  * EXAMPLE_BACKEND_PORT and OUTRIDER_PORT move them (0 picks a free port). Ctrl-C stops both.
+ * Each run shares a new secret between the two (a file in a fresh temp dir, removed on exit).
  */
 const backendPort = Number(process.env.EXAMPLE_BACKEND_PORT ?? 8080);
 const edgePort = Number(process.env.OUTRIDER_PORT ?? 8181);
 const cli = fileURLToPath(new URL('../proxy/cli.js', import.meta.url));
 const config = fileURLToPath(new URL('../../example/outrider.toml', import.meta.url));
 
+// The secret Outrider signs upload fields with: 32 random bytes, base64 in a file only this user
+// can read (Workhorse's .gitlab_workhorse_secret), handed to Outrider with --secret-path.
+const runDir = mkdtempSync(join(tmpdir(), 'outrider-example-'));
+const secret = randomBytes(32);
+const secretPath = join(runDir, 'gitlab_workhorse_secret');
+writeFileSync(secretPath, `${secret.toString('base64')}\n`, { mode: 0o600 });
+// Where the backend tells Outrider to store avatar uploads until it has moved them (TempPath).
+const uploadTempDir = join(runDir, 'uploads');
+const cleanUp = () => rmSync(runDir, { recursive: true, force: true });
+
 await prepareAvatars();
-const backend = createExampleBackend();
+const backend = createExampleBackend({ secret, uploadTempDir });
 backend.on('error', (err: NodeJS.ErrnoException) => {
   process.stderr.write(`example backend: cannot listen on 127.0.0.1:${backendPort} (${err.code}); set EXAMPLE_BACKEND_PORT\n`);
+  cleanUp();
   process.exit(1);
 });
 backend.listen(backendPort, '127.0.0.1', () => {
   const { port } = backend.address() as AddressInfo;
   const edge = spawn(
     process.execPath,
-    [cli, '--config', config, '--listen-addr', `127.0.0.1:${edgePort}`, '--auth-backend', `http://127.0.0.1:${port}`],
+    [
+      cli,
+      '--config',
+      config,
+      '--listen-addr',
+      `127.0.0.1:${edgePort}`,
+      '--auth-backend',
+      `http://127.0.0.1:${port}`,
+      '--secret-path',
+      secretPath,
+    ],
     { stdio: ['ignore', 'pipe', 'inherit'] },
   );
   let buffer = '';
@@ -45,6 +71,9 @@ backend.listen(backendPort, '127.0.0.1', () => {
         `  curl -i ${base}/files/hello.txt   a file the backend hands over with X-Sendfile\n` +
         `  curl -i ${base}/mirror   a URL the backend hands over with send-url\n` +
         `  curl -i ${base}/internal an internal API answer Outrider refuses to leak (500)\n` +
+        `  ${base}/upload           a form that uploads an avatar (PNG or JPEG, at most 5 MiB)\n` +
+        `  curl -i -F avatar=@some.png ${base}/uploads/avatar   the same upload: Outrider stores the file, the backend moves it (303)\n` +
+        `Uploads wait in ${uploadTempDir} until the backend has moved them; the secret shared for this run is in ${secretPath}.\n` +
         'Ctrl-C stops both.\n\n',
     );
   });
@@ -54,6 +83,7 @@ backend.listen(backendPort, '127.0.0.1', () => {
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
   edge.on('exit', (code) => {
+    cleanUp();
     backend.closeAllConnections();
     backend.close(() => process.exit(code ?? 0));
   });

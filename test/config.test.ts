@@ -67,6 +67,12 @@ describe('configuration', () => {
       'headers_timeout',
       'body_timeout',
       'max_redirects',
+      'temp_dir',
+      'max_files',
+      'method',
+      'path',
+      'preauthorize',
+      'kind',
     ]) {
       expect(text).toMatch(new RegExp(`^#? ?${key} = `, 'm'));
     }
