@@ -246,6 +246,8 @@ function readMultipart(
       bb = new Busboy({
         headers: req.headers as { 'content-type': string },
         preservePath: true,
+        highWaterMark: 256 * 1024,
+        fileHwm: 256 * 1024,
         isPartAFile: (_name, _type, filename) => filename !== undefined,
         limits: { files: maxFiles, fields: FIELDS_COUNT_LIMIT, fieldSize: FIELD_LIMIT, headerPairs: 100 },
       });
