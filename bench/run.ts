@@ -59,9 +59,11 @@ async function startEdge(originPort: number, name: string, extraToml = '', nodeA
   const port = await freePort();
   const configPath = join(tmpdir(), `outrider-bench-${process.pid}-${name}.toml`);
   // Scaling requests wait for a slot (up to 10 s) instead of falling back to the original, so the
-  // scale scenarios measure scaling itself; their 8 connections fit 2 running + 8 waiting.
+  // scale scenarios measure scaling itself; their 8 connections fit 2 running + 8 waiting. The
+  // main instance scales every request (cache off: cold scaling); "warm" keeps the default cache.
   const base = `listen_addr = "127.0.0.1:${port}"\nauth_backend = "http://127.0.0.1:${originPort}"\n`;
-  const scaler = extraToml.includes('[image_resizer]') ? '' : '[image_resizer]\nmax_scaler_wait = "10s"\n';
+  const cache = name === 'warm' ? '' : 'cache_max_bytes = 0\n';
+  const scaler = extraToml.includes('[image_resizer]') ? '' : `[image_resizer]\nmax_scaler_wait = "10s"\n${cache}`;
   writeFileSync(configPath, `${base}${extraToml}\n${scaler}`);
   // Access logs stay on (a production setting) and go to /dev/null.
   const args = nodeArgs.split(' ').filter(Boolean);
@@ -208,6 +210,8 @@ async function main(): Promise<void> {
   children.push(origin.child);
   const edge = await startEdge(origin.port, 'a', process.env.BENCH_EDGE_CONFIG, process.env.BENCH_EDGE_NODE_ARGS);
   children.push(edge.child);
+  const warm = await startEdge(origin.port, 'warm', process.env.BENCH_EDGE_CONFIG, process.env.BENCH_EDGE_NODE_ARGS);
+  children.push(warm.child);
   const wantB = process.env.BENCH_B_CONFIG !== undefined || process.env.BENCH_B_NODE_ARGS !== undefined;
   const edgeB = wantB ? await startEdge(origin.port, 'b', process.env.BENCH_B_CONFIG, process.env.BENCH_B_NODE_ARGS) : undefined;
   if (edgeB !== undefined) children.push(edgeB.child);
@@ -220,6 +224,7 @@ async function main(): Promise<void> {
   const procs: Procs = {
     direct: { port: origin.port, pid: origin.child.pid },
     edge: { port: edge.port, pid: edge.child.pid },
+    'edge-warm': { port: warm.port, pid: warm.child.pid },
     'edge-b': { port: edgeB?.port ?? 0, pid: edgeB?.child.pid },
     bare: { port: bare.port, pid: bare.child.pid },
     nginx: { port: nginx?.port ?? 0, pid: nginx?.child.pid },

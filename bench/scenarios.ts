@@ -2,11 +2,12 @@
 export interface Scenario {
   name: string;
   /**
-   * `direct` hits the origin backend; `edge` goes through Outrider (`edge-b`: a second Outrider with
+   * `direct` hits the origin backend; `edge` goes through Outrider with the scaled-image cache off
+   * (every scale request runs sharp), `edge-warm` through one with the default cache (`edge-b`: a second Outrider with
    * BENCH_B_CONFIG / BENCH_B_NODE_ARGS, when set); `bare` through the bare Node
    * forward (bench/bare-proxy.ts, the floor for a Node proxy); `nginx` through nginx (when installed).
    */
-  target: 'direct' | 'edge' | 'edge-b' | 'bare' | 'nginx';
+  target: 'direct' | 'edge' | 'edge-warm' | 'edge-b' | 'bare' | 'nginx';
   path: string;
   method?: 'GET' | 'POST' | 'PUT';
   connections: number;
@@ -35,5 +36,7 @@ export const scenarios: Scenario[] = [
     headers: { 'if-modified-since': 'Fri, 01 Jan 2100 00:00:00 GMT' },
     expectStatus: 304,
   },
+  { name: 'warm-png-64', target: 'edge-warm', path: '/avatar.png?width=64', connections: 50, baseline: 'proxy-1k' },
+  { name: 'warm-jpeg-64', target: 'edge-warm', path: '/avatar.jpg?width=64', connections: 50, baseline: 'proxy-1k' },
   { name: 'nginx-1k', target: 'nginx', path: '/1k', connections: 50, baseline: 'direct-1k' },
 ];

@@ -56,6 +56,9 @@ const imageResizer = z.strictObject({
   max_scaler_wait: duration('the longest wait for a scaling slot').default(0),
   max_width: wholeNumber('a width in pixels', 1).max(16384, { error: 'expected at most 16384 pixels' }).default(4096),
   limit_input_pixels: wholeNumber('a number of pixels', 1).default(25_000_000),
+  cache_max_bytes: wholeNumber('a size in bytes', 0)
+    .max(16 * 1024 * 1024 * 1024, { error: 'expected at most 17179869184 bytes' })
+    .default(64 * 1024 * 1024),
 });
 
 const outbound = z.strictObject({
@@ -98,6 +101,17 @@ const uploads = z.strictObject({
   max_files: wholeNumber('a number of file parts', 1).max(1000, { error: 'expected at most 1000 file parts' }).default(10),
   routes: z.array(uploadRoute, { error: 'expected [[uploads.routes]] tables' }).default([]),
 });
+
+/** A listener address key: "host:port" or "unix:/absolute/path", like listen_addr. */
+const listenAddress = (what: string) =>
+  z.string({ error: `expected ${what} as "host:port" or "unix:/absolute/path"` }).transform((text, ctx) => {
+    const addr = parseListenAddr(text);
+    if (addr === undefined) {
+      ctx.addIssue({ code: 'custom', message: `expected "host:port" (port 0-65535) or "unix:/absolute/path", got "${text}"` });
+      return z.NEVER;
+    }
+    return addr;
+  });
 
 const fileSchema = z.strictObject({
   listen_addr: z
@@ -155,13 +169,26 @@ const fileSchema = z.strictObject({
       error: 'expected one of "fatal", "error", "warn", "info", "debug", "trace", "silent"',
     })
     .default('info'),
+  prometheus_listen_addr: listenAddress('the metrics listener address').optional(),
+  metrics_namespace: z
+    .string({ error: 'expected a metric name prefix like "outrider" or "gitlab_workhorse"' })
+    .regex(/^[a-zA-Z_][a-zA-Z0-9_]*$/, { error: 'expected a metric name prefix of letters, digits and "_", like "outrider"' })
+    .default('outrider'),
+  health_on_metrics_listener: z.boolean({ error: 'expected true or false' }).default(false),
+  shutdown_delay: duration('the delay before shutdown begins')
+    .refine((ms) => ms <= 3_600_000, { message: 'expected the delay before shutdown begins of at most "1h"' })
+    .default(0),
+  document_root: z
+    .string({ error: 'expected an absolute directory path' })
+    .refine((p) => isAbsolute(p), { message: 'expected an absolute directory path' })
+    .optional(),
   image_resizer: imageResizer.prefault({}),
   outbound: outbound.prefault({}),
   uploads: uploads.prefault({}),
 });
 
 /** The TOML file's shape (snake_case), mapped once to the camelCase `Config`. */
-export const configSchema = fileSchema.transform((f) => ({
+export const configSchema = fileSchema.superRefine(checkListeners).transform((f) => ({
   listenAddr: f.listen_addr,
   authBackend: f.auth_backend,
   authSocket: f.auth_socket,
@@ -170,12 +197,18 @@ export const configSchema = fileSchema.transform((f) => ({
   shutdownTimeoutMs: f.shutdown_timeout,
   propagateCorrelationId: f.propagate_correlation_id,
   logLevel: f.log_level,
+  prometheusListenAddr: f.prometheus_listen_addr,
+  metricsNamespace: f.metrics_namespace,
+  healthOnMetricsListener: f.health_on_metrics_listener,
+  shutdownDelayMs: f.shutdown_delay,
+  documentRoot: f.document_root,
   imageResizer: {
     maxScalerProcs: f.image_resizer.max_scaler_procs,
     maxFilesize: f.image_resizer.max_filesize,
     maxScalerWaitMs: f.image_resizer.max_scaler_wait,
     maxWidth: f.image_resizer.max_width,
     limitInputPixels: f.image_resizer.limit_input_pixels,
+    cacheMaxBytes: f.image_resizer.cache_max_bytes,
   },
   uploads: {
     tempDir: f.uploads.temp_dir,
@@ -192,3 +225,25 @@ export const configSchema = fileSchema.transform((f) => ({
 }));
 
 export type Config = z.output<typeof configSchema>;
+
+/** The metrics listener cannot share the proxy's address, and only it can carry the health routes. */
+function checkListeners(f: z.output<typeof fileSchema>, ctx: z.RefinementCtx): void {
+  const metrics = f.prometheus_listen_addr;
+  if (metrics === undefined) {
+    if (f.health_on_metrics_listener) {
+      ctx.addIssue({ code: 'custom', path: ['health_on_metrics_listener'], message: 'expected prometheus_listen_addr to be set as well' });
+    }
+    return;
+  }
+  const main = f.listen_addr;
+  const same =
+    metrics.kind === 'unix'
+      ? main.kind === 'unix' && main.path === metrics.path
+      : main.kind === 'tcp' &&
+        metrics.port !== 0 &&
+        main.port === metrics.port &&
+        (main.host === metrics.host || isWildcard(main.host) || isWildcard(metrics.host));
+  if (same) ctx.addIssue({ code: 'custom', path: ['prometheus_listen_addr'], message: 'expected an address other than listen_addr' });
+}
+
+const isWildcard = (host: string) => host === '0.0.0.0' || host === '::' || host === '';

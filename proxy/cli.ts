@@ -5,6 +5,7 @@ import { ConfigError } from '../config/errors.js';
 import { type ConfigOverride, loadConfig, loadConfigFile } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { createLogger } from './logger.js';
+import { ListenError } from './metrics-server.js';
 import { buildServer } from './server.js';
 import { VERSION } from './version.js';
 
@@ -98,7 +99,13 @@ async function main(): Promise<void> {
     }
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    logger.fatal({ code: e.code }, `cannot listen on ${addr.kind === 'unix' ? addr.path : `${addr.host}:${addr.port}`}: ${e.message}`);
+    const message =
+      err instanceof ListenError
+        ? err.message
+        : `cannot listen on ${addr.kind === 'unix' ? addr.path : `${addr.host}:${addr.port}`}: ${e.message}`;
+    logger.fatal({ code: e.code }, message);
+    // The metrics listener may be open already: close everything, or the process would stay up.
+    await app.close().catch(() => undefined);
     logger.flush();
     process.exitCode = 1;
     return;
@@ -110,7 +117,10 @@ async function main(): Promise<void> {
       : bound === null
         ? ''
         : `${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}`;
-  logger.info({ version: VERSION, listen: listening, backend: config.authSocket ?? config.authBackend }, 'outrider ready');
+  logger.info(
+    { version: VERSION, listen: listening, metrics: app.outrider.metricsAddress(), backend: config.authSocket ?? config.authBackend },
+    'outrider ready',
+  );
   logger.flush();
 
   let stopping = false;
@@ -121,6 +131,16 @@ async function main(): Promise<void> {
       process.exit(1);
     }
     stopping = true;
+    if (config.shutdownDelayMs > 0) {
+      // Readiness says 503 while everything still works, so load balancers stop sending first.
+      app.outrider.drain();
+      logger.info({ signal, delayMs: config.shutdownDelayMs }, 'draining: readiness answers 503 until shutdown begins');
+      setTimeout(() => close(signal), config.shutdownDelayMs);
+    } else {
+      close(signal);
+    }
+  };
+  const close = (signal: NodeJS.Signals) => {
     logger.info({ signal, graceMs: config.shutdownTimeoutMs }, 'shutting down: finishing in-flight requests');
     const deadline = setTimeout(() => {
       logger.warn('shutdown timeout reached: closing the remaining connections');

@@ -1,6 +1,7 @@
 import type { ServerResponse } from 'node:http';
 import createError, { type FastifyError } from '@fastify/error';
 import type { FastifyInstance } from 'fastify';
+import { type ErrorPages, writeErrorPage } from './error-pages.js';
 
 /** The HTTP error catalogue: one code, message and status per failure a client can see. */
 export const EdgeUpstreamUnavailable = createError('EDGE_UPSTREAM_UNAVAILABLE', 'Bad Gateway: the backend is not responding', 502);
@@ -12,6 +13,7 @@ export const EdgeDirectiveInvalid = createError('EDGE_DIRECTIVE_INVALID', 'Bad G
 export const EdgeSourceUnavailable = createError('EDGE_SOURCE_UNAVAILABLE', 'Bad Gateway: the requested content is not available', 502);
 export const EdgeShuttingDown = createError('EDGE_SHUTTING_DOWN', 'Service Unavailable: shutting down', 503);
 export const EdgeInternal = createError('EDGE_INTERNAL', 'Internal Server Error', 500);
+export const EdgeStaticMissing = createError('EDGE_STATIC_MISSING', 'Not Found', 404);
 export const EdgeUploadTooLarge = createError<[string]>('EDGE_UPLOAD_TOO_LARGE', 'Request Entity Too Large: %s', 413);
 export const EdgeUploadInvalid = createError<[string]>('EDGE_UPLOAD_INVALID', 'Bad Request: %s', 400);
 export const EdgeUploadStoreFailed = createError('EDGE_UPLOAD_STORE_FAILED', 'Bad Gateway: the upload could not be stored', 502);
@@ -35,9 +37,18 @@ export function mapUpstreamError(err: unknown): FastifyError {
   return new EdgeUpstreamUnavailable({ cause: err });
 }
 
+const kErrorPages = Symbol('outrider.errorPages');
+type PagedResponse = ServerResponse & { [kErrorPages]?: ErrorPages };
+
+/** Outrider's own 5xx answers on this response use `document_root`'s error pages when one exists. */
+export function useErrorPages(res: ServerResponse, pages: ErrorPages): void {
+  (res as PagedResponse)[kErrorPages] = pages;
+}
+
 /**
- * Answers a hijacked response with a catalogue error as `text/plain`. Once headers are out, the
- * only honest answer is to cut the connection: never a silently truncated 200.
+ * Answers a hijacked response with a catalogue error as `text/plain`, or for a 5xx with
+ * `<document_root>/<status>.html` when `useErrorPages` was called and the page exists. Once
+ * headers are out, the only honest answer is to cut the connection: never a silently truncated 200.
  */
 export function writeError(res: ServerResponse, err: FastifyError): void {
   if (res.destroyed) return;
@@ -45,8 +56,14 @@ export function writeError(res: ServerResponse, err: FastifyError): void {
     res.destroy();
     return;
   }
+  const status = err.statusCode ?? 500;
+  const page = status >= 500 ? (res as PagedResponse)[kErrorPages]?.get(status) : undefined;
+  if (page !== undefined) {
+    writeErrorPage(res, status, page);
+    return;
+  }
   const body = `${err.message}\n`;
-  res.writeHead(err.statusCode ?? 500, {
+  res.writeHead(status, {
     'content-type': 'text/plain; charset=utf-8',
     'content-length': Buffer.byteLength(body),
     'x-content-type-options': 'nosniff',

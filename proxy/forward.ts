@@ -1,6 +1,7 @@
 import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http';
 import type { FastifyBaseLogger, FastifyPluginCallback } from 'fastify';
 import type { Dispatcher } from 'undici';
+import { type ErrorPages, pageFor, writeErrorPage } from './error-pages.js';
 import { EdgeInternal, EdgeRequestInvalid, EdgeShuttingDown, mapUpstreamError, writeError } from './errors.js';
 import {
   connectionTokens,
@@ -16,6 +17,7 @@ import {
   WORKHORSE,
 } from './headers.js';
 import type { Interceptor, ResponseHead } from './intercept.js';
+import type { Metrics } from './metrics.js';
 
 export interface ForwardOptions {
   upstream: Dispatcher;
@@ -25,6 +27,10 @@ export interface ForwardOptions {
   log: FastifyBaseLogger;
   /** True once shutdown has begun: responses then ask the client to close the connection. */
   isClosing: () => boolean;
+  /** Set when `prometheus_listen_addr` is: interceptors taking over a response are counted. */
+  metrics?: Metrics | undefined;
+  /** Set when `document_root` is: a backend's HTML error answer is replaced by `<status>.html`. */
+  errorPages?: ErrorPages | undefined;
 }
 
 /**
@@ -84,7 +90,9 @@ export function createForwarder(opts: ForwardOptions): Forwarder {
       const headers = requestHeaders(req, handler.peer, requestId, opts.version);
       let body: IncomingMessage | Buffer | null = headers.hasBody ? req : null;
       if (replacement !== undefined) {
-        headers.list = withoutNamed(headers.list, BODY_HEADERS);
+        // The replacement's headers replace the client's of the same names.
+        const replaced = replacement.headers.filter((_, i) => i % 2 === 0).map((name) => name.toLowerCase());
+        headers.list = withoutNamed(headers.list, [...BODY_HEADERS, ...replaced]);
         headers.list.push(
           'content-type',
           replacement.contentType,
@@ -275,6 +283,16 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
         return true;
       }
     }
+    if (statusCode >= 400 && this.opts.errorPages !== undefined) {
+      const page = pageFor(this.opts.errorPages, head);
+      if (page !== undefined) {
+        // The backend's body is discarded like an interceptor's; the page goes out with the status kept.
+        this.intercepted = true;
+        if (this.opts.isClosing()) this.res.shouldKeepAlive = false;
+        writeErrorPage(this.res, statusCode, page, head.headers);
+        return true;
+      }
+    }
     this.resume = resume;
     // During shutdown the connection closes after this response instead of going back to idle.
     if (this.opts.isClosing()) this.res.shouldKeepAlive = false;
@@ -324,7 +342,9 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   }
 
   private runInterceptor(interceptor: Interceptor, head: ResponseHead): void {
-    const ctx = { req: this.req, res: this.res, requestId: this.requestId, head, log: this.log };
+    const metrics = this.opts.metrics;
+    metrics?.intercepted(this.res, interceptor.name);
+    const ctx = { req: this.req, res: this.res, requestId: this.requestId, head, log: this.log, metrics };
     interceptor.serve(ctx).catch((err: unknown) => {
       this.log.error({ err, subsystem: interceptor.name }, 'interceptor failed');
       writeError(this.res, new EdgeInternal({ cause: err }));
@@ -342,19 +362,36 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
       // A response that began before shutdown: its keep-alive connection must not outlive it.
       this.socket.end();
     }
-    const req = this.req;
-    this.opts.log.info(
-      {
-        requestId: this.requestId,
-        method: req.method,
-        path: req.url,
-        status: res.headersSent ? res.statusCode : 499,
-        durationMs: Math.round((performance.now() - this.started) * 1000) / 1000,
-        bytes: this.intercepted ? undefined : this.bytes,
-        remoteAddress: this.peer,
-        aborted: aborted || undefined,
-      },
-      'request',
-    );
+    accessLog(this.opts.log, this.req, res, {
+      requestId: this.requestId,
+      started: this.started,
+      peer: this.peer,
+      bytes: this.intercepted ? undefined : this.bytes,
+    });
   }
+}
+
+/**
+ * The one access-log line of a request, written when its response closes: method, path, status
+ * (499 when the client left before any answer), duration, bytes relayed, client address, request id.
+ */
+export function accessLog(
+  log: FastifyBaseLogger,
+  req: IncomingMessage,
+  res: ServerResponse,
+  fields: { requestId: string; started: number; peer: string; bytes: number | undefined },
+): void {
+  log.info(
+    {
+      requestId: fields.requestId,
+      method: req.method,
+      path: req.url,
+      status: res.headersSent ? res.statusCode : 499,
+      durationMs: Math.round((performance.now() - fields.started) * 1000) / 1000,
+      bytes: fields.bytes,
+      remoteAddress: fields.peer,
+      aborted: !res.writableFinished || undefined,
+    },
+    'request',
+  );
 }

@@ -28,6 +28,7 @@ export function createImageSource(outbound: Outbound): ImageSource {
           // between ends short and the response is cut. Whoever reads it destroys it when the client goes.
           body: () => createReadStream(location.path, { end: Math.max(info.size - 1, 0) }),
           discard: () => undefined,
+          identity: `file:${location.path}\u0000${info.dev}:${info.ino}\u0000${info.mtimeMs}\u0000${info.size}`,
         };
       }
       let res: Awaited<ReturnType<Outbound['request']>>;
@@ -45,12 +46,33 @@ export function createImageSource(outbound: Outbound): ImageSource {
       }
       const length = Number(res.headers['content-length']);
       const modified = Date.parse(String(res.headers['last-modified'] ?? ''));
+      const etag = res.headers.etag;
       return {
         size: Number.isInteger(length) && length >= 0 ? length : undefined,
         mtimeMs: Number.isNaN(modified) ? Date.now() : modified,
         body: () => res.body,
         discard,
+        identity: remoteIdentity(
+          location.url,
+          typeof etag === 'string' ? etag : undefined,
+          res.headers['last-modified'],
+          res.headers['content-length'],
+        ),
       };
     },
   };
+}
+
+/**
+ * A remote object's identity for the scaled-image cache: with an ETag, the URL without its query
+ * (presigned URLs change their signature on every request) and the ETag; without one, the whole URL
+ * with Last-Modified and the length; with neither validator, none (never cached or shared).
+ */
+function remoteIdentity(url: string, etag: string | undefined, modified: unknown, length: unknown): string | undefined {
+  if (etag !== undefined && etag !== '') {
+    const u = new URL(url);
+    return `url:${u.origin}${u.pathname}\u0000${etag}`;
+  }
+  if (typeof modified === 'string' && modified !== '') return `url:${url}\u0000${modified}\u0000${String(length)}`;
+  return undefined;
 }

@@ -3,6 +3,7 @@ import type { FastifyBaseLogger } from 'fastify';
 import type { Scaler } from '../scaler/index.js';
 import { EdgeUpstreamInternalApi, writeError } from './errors.js';
 import { API_CONTENT_TYPE } from './headers.js';
+import type { Metrics } from './metrics.js';
 import type { Outbound } from './outbound.js';
 import { createScaledImg } from './scaled-img.js';
 import { createSendUrl } from './send-url.js';
@@ -29,6 +30,8 @@ export interface InterceptContext {
   requestId: string;
   head: ResponseHead;
   log: FastifyBaseLogger;
+  /** Set when `prometheus_listen_addr` is. */
+  metrics: Metrics | undefined;
 }
 
 /**

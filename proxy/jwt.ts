@@ -30,8 +30,9 @@ export function verifyJwt(token: string, secret: Buffer): Record<string, unknown
     throw new JwtError('not a JWT');
   }
   if (alg !== 'HS256') throw new JwtError('not an HS256 token');
-  const expected = createHmac('sha256', secret).update(`${header}.${payload}`).digest();
-  const given = Buffer.from(signature, 'base64url');
+  // Compared as text: base64url decoding is lenient (padding, trailing bits), the canonical form is not.
+  const expected = Buffer.from(createHmac('sha256', secret).update(`${header}.${payload}`).digest('base64url'));
+  const given = Buffer.from(signature);
   if (given.length !== expected.length || !timingSafeEqual(given, expected)) throw new JwtError('bad signature');
   if (typeof claims !== 'object' || claims === null || Array.isArray(claims)) throw new JwtError('claims are not an object');
   return claims as Record<string, unknown>;

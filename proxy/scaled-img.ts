@@ -26,13 +26,14 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number }): Int
     match(head) {
       return head.statusCode === 200 && head.sendData?.startsWith(SCALED_IMG_PREFIX) === true;
     },
-    async serve({ req, res, head, log }) {
+    async serve({ req, res, head, log, metrics }) {
       const started = performance.now();
       let directive: ScaleDirective;
       try {
         directive = directives.get(head.sendData as string);
       } catch (err) {
         log.error({ err, subsystem: 'scaler', outcome: 'failed' }, 'invalid send-scaled-img instruction');
+        metrics?.imageResize('request-failed');
         writeError(res, new EdgeDirectiveInvalid({ cause: err }));
         return;
       }
@@ -64,6 +65,8 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number }): Int
         if (outcome.outcome === 'not-modified') {
           res.writeHead(304, headers).end();
           log.info({ ...fields, outcome: 'not-modified', durationMs: durationMs() }, 'scaler');
+          metrics?.imageResize('success-client-cache');
+          metrics?.imageResizeDuration(directive.contentType, directive.width, (performance.now() - started) / 1000);
           return;
         }
         if (outcome.outcome === 'scaled') {
@@ -72,13 +75,16 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number }): Int
           log.info(
             {
               ...fields,
-              outcome: 'scaled',
+              // 'scaled' ran a sharp job; 'cache-hit' and 'coalesced' (shared a concurrent job) did not.
+              outcome: outcome.from === 'cache' ? 'cache-hit' : outcome.from,
               durationMs: durationMs(),
               bytesWritten: outcome.body.length,
               originalBytes: outcome.originalBytes,
             },
             'scaler',
           );
+          metrics?.imageResize('success');
+          metrics?.imageResizeDuration(outcome.contentType, directive.width, (performance.now() - started) / 1000);
           return;
         }
         // Served as it is. An unrecognised format (SVG, GIF…) is never labelled as an image it is not;
@@ -91,6 +97,8 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number }): Int
           { ...fields, outcome: 'served-original', reason: outcome.reason, originalBytes: outcome.size, err: outcome.error },
           'scaler served the original',
         );
+        metrics?.imageResize('served-original');
+        if (outcome.reason === 'busy') metrics?.imageResizeLimitExceeded();
         if (Buffer.isBuffer(outcome.body)) res.end(outcome.body);
         else {
           const sent = await sendBody(outcome.body, res, outcome.size);
@@ -99,6 +107,7 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number }): Int
       } catch (err) {
         if (abort.aborted) return;
         log.error({ err, subsystem: 'scaler', outcome: 'failed', durationMs: Math.round(performance.now() - started) }, 'scaler failed');
+        metrics?.imageResize('request-failed');
         writeError(
           res,
           err instanceof ScaleError && err.code === 'EDGE_DIRECTIVE_INVALID'

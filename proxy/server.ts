@@ -1,16 +1,23 @@
 import { randomUUID } from 'node:crypto';
+import { statSync } from 'node:fs';
 import { createServer, type IncomingMessage, type RequestListener, type ServerResponse } from 'node:http';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
+import { ConfigError } from '../config/errors.js';
 import type { Config } from '../config/schema.js';
 import { createScaler } from '../scaler/index.js';
-import { setErrorHandler } from './errors.js';
+import { createErrorPages } from './error-pages.js';
+import { setErrorHandler, useErrorPages } from './errors.js';
 import { createForwarder, type Forwarder, forwardPlugin } from './forward.js';
 import { REQUEST_ID } from './headers.js';
+import { createHealth, healthPlugin } from './health.js';
 import { createImageSource } from './image-source.js';
 import { createInterceptors, type Interceptor } from './intercept.js';
 import { createLogger } from './logger.js';
+import { createMetrics } from './metrics.js';
+import { createMetricsServer, type MetricsServer } from './metrics-server.js';
 import { createOutbound } from './outbound.js';
 import { loadSecret } from './secret.js';
+import { staticPlugin } from './static.js';
 import { createUploads } from './upload.js';
 import { createUpstream } from './upstream.js';
 import { VERSION } from './version.js';
@@ -20,6 +27,20 @@ export interface BuildServerOptions {
   logger?: FastifyBaseLogger | false;
   /** Replaces the interceptor list (tests). */
   interceptors?: Interceptor[];
+}
+
+/** What the CLI (and tests) control on a built server, beyond fastify's own API. */
+export interface OutriderControls {
+  /** Readiness answers 503 from now on while requests are still served: the `shutdown_delay` before closing. */
+  drain(): void;
+  /** The metrics listener's address once listening ("host:port" or "unix:/path"); undefined when there is none. */
+  metricsAddress(): string | undefined;
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    outrider: OutriderControls;
+  }
 }
 
 /** A client-sent request id is reused only if it is short, printable ASCII (it lands in logs and headers). */
@@ -60,9 +81,26 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
   const upstream = createUpstream(config);
   const outbound = createOutbound(config);
   const scaler = createScaler(config.imageResizer, createImageSource(outbound));
+  // Nothing is measured, and nothing costs, unless Prometheus has somewhere to scrape.
+  const metrics =
+    config.prometheusListenAddr === undefined
+      ? undefined
+      : createMetrics({
+          namespace: config.metricsNamespace,
+          maxScalerProcs: config.imageResizer.maxScalerProcs,
+          scalerRunning: () => scaler.gate.running,
+        });
+  const documentRoot = config.documentRoot === undefined ? undefined : checkDocumentRoot(config.documentRoot);
+  const errorPages = documentRoot === undefined ? undefined : createErrorPages(documentRoot, app.log);
   let closing = false;
   app.addHook('preClose', (done) => {
     closing = true;
+    // fastify closes the idle keep-alive connections once; a response that finishes after that
+    // (a file still streaming, a health answer) would leave its connection open until the
+    // keep-alive timeout and hold shutdown up. So idle ones are closed as they become idle.
+    const sweep = setInterval(() => app.server.closeIdleConnections(), 50);
+    sweep.unref();
+    app.server.once('close', () => clearInterval(sweep));
     done();
   });
   app.addHook('onClose', async () => {
@@ -76,8 +114,10 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     version: VERSION,
     log: app.log,
     isClosing: () => closing,
+    metrics,
+    errorPages,
   });
-  const forward = createUploads({
+  const uploads = createUploads({
     uploads: config.uploads,
     // Read at start, and only when an upload route needs it (Workhorse reads it lazily and fails requests).
     secret: config.uploads.routes.length > 0 ? loadSecret(config.secretPath) : Buffer.alloc(0),
@@ -87,8 +127,39 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     version: VERSION,
     log: app.log,
     isClosing: () => closing,
+    metrics,
   });
+  // Every proxied request enters here, by the fast path or the catch-all route alike.
+  const forward: Forwarder =
+    metrics === undefined && errorPages === undefined
+      ? uploads
+      : (req, res, requestId) => {
+          metrics?.begin(req, res);
+          if (errorPages !== undefined) useErrorPages(res, errorPages);
+          uploads(req, res, requestId);
+        };
   app.register(forwardPlugin, { forward });
+
+  const health = createHealth({ config, isClosing: () => closing, log: app.log });
+  if (!config.healthOnMetricsListener) app.register(healthPlugin, { health, metrics });
+  if (documentRoot !== undefined) app.register(staticPlugin, { root: documentRoot, metrics, log: app.log });
+  let metricsServer: MetricsServer | undefined;
+  if (metrics !== undefined && config.prometheusListenAddr !== undefined) {
+    const server = createMetricsServer({
+      addr: config.prometheusListenAddr,
+      metrics,
+      health: config.healthOnMetricsListener ? health : undefined,
+      log: app.log,
+    });
+    metricsServer = server;
+    // Opened with the proxy, closed after it: readiness keeps answering 503 while requests drain.
+    app.addHook('onReady', () => server.listen());
+    app.addHook('onClose', () => server.close());
+  }
+  app.decorate('outrider', {
+    drain: () => health.drain(),
+    metricsAddress: () => metricsServer?.address(),
+  } satisfies OutriderControls);
 
   // Outrider's own routes (anything but the catch-all) go through fastify's full lifecycle.
   const ownPrefixes: string[] = [];
@@ -100,6 +171,19 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     done();
   });
   return app;
+}
+
+/** `document_root` must be a readable directory: a `ConfigError` (exit code 2) otherwise. */
+function checkDocumentRoot(dir: string): string {
+  let isDirectory: boolean;
+  try {
+    isDirectory = statSync(dir).isDirectory();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'unknown error';
+    throw new ConfigError(`${dir}: cannot read document_root: ${code === 'ENOENT' ? 'no such directory' : code}`, { cause: err });
+  }
+  if (!isDirectory) throw new ConfigError(`${dir}: document_root is not a directory`);
+  return dir;
 }
 
 /**

@@ -48,9 +48,10 @@ export function apiRequestToken(secret: Buffer): string {
 export async function authorize(
   upstream: Dispatcher,
   req: IncomingMessage,
-  ctx: { peer: string; requestId: string; version: string; secret: Buffer },
+  ctx: { peer: string; requestId: string; version: string; secret: Buffer; signal: AbortSignal },
 ): Promise<{ ok: Authorization } | { refused: Refusal }> {
-  const headers = withoutNamed(requestHeaders(req, ctx.peer, ctx.requestId, ctx.version).list, NOT_ASKED);
+  // A client's own Gitlab-Workhorse-Api-Request is replaced, never sent alongside the real one.
+  const headers = withoutNamed(requestHeaders(req, ctx.peer, ctx.requestId, ctx.version).list, [...NOT_ASKED, API_REQUEST_HEADER]);
   headers.push(API_REQUEST_HEADER, apiRequestToken(ctx.secret));
   const url = req.url as string;
   const q = url.indexOf('?');
@@ -59,6 +60,7 @@ export async function authorize(
     method: req.method as Dispatcher.HttpMethod,
     path: `${path.replace(/\/+$/, '')}/authorize${q === -1 ? '' : url.slice(q)}`,
     headers,
+    signal: ctx.signal,
   });
   const type = String(res.headers['content-type'] ?? '');
   if (res.statusCode === 200 && type.toLowerCase().startsWith(API_CONTENT_TYPE)) {

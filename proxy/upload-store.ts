@@ -1,8 +1,8 @@
 import { createHash, type Hash, randomUUID } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { type Readable, Transform, type TransformCallback } from 'node:stream';
+import { addAbortSignal, type Readable, Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Outbound } from './outbound.js';
 
@@ -97,15 +97,29 @@ export class Stash {
   }
 
   private readonly pending: Promise<unknown>[] = [];
+  private cleared = false;
 
-  /** A store in progress: clearing waits for it, so a file it is still creating is removed too. */
+  /**
+   * A store in progress: clearing waits for it, so a file it is still creating is removed too; one
+   * that starts after the request ended (a late authorize answer) is cleared when it settles.
+   */
   track(work: Promise<unknown>): void {
     this.pending.push(work);
+    if (this.cleared) void work.catch(() => undefined).finally(() => void this.clear());
   }
 
   /** Removes every file and remote object; failures are returned for the log, never thrown. */
   async clear(): Promise<unknown[]> {
-    await Promise.allSettled(this.pending.splice(0));
+    this.cleared = true;
+    // Stores stop at once when the request is aborted; the bound only guards against one that does not.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled(this.pending.splice(0)),
+      new Promise((resolve) => {
+        timer = setTimeout(resolve, 30_000);
+      }),
+    ]);
+    clearTimeout(timer);
     const errors: unknown[] = [];
     const files = this.files.splice(0);
     const remote = this.remote.splice(0);
@@ -166,15 +180,26 @@ async function store(input: Readable, opts: StoreOptions): Promise<StoredFile> {
     } else {
       const signal = AbortSignal.any([opts.signal, AbortSignal.timeout(dest.timeoutMs)]);
       if (dest.deleteUrl !== undefined) opts.stash.remoteObject(dest.deleteUrl);
-      if (dest.multipart !== undefined && dest.multipart.partSize > 0) {
-        input.on('error', (err) => meter.destroy(err));
-        await putMultipart(input.pipe(meter), dest.multipart, { ...opts, signal });
-      } else {
-        await putSingle(input, meter, dest, opts, signal);
+      // The metered stream is what is sent: the input's errors reach it, the client leaving or the
+      // timeout ends it, and its own errors (a 413) surface through whoever reads it.
+      input.on('error', (err) => meter.destroy(err));
+      meter.on('error', () => undefined);
+      addAbortSignal(signal, meter);
+      const metered = input.pipe(meter);
+      try {
+        if (dest.multipart !== undefined && dest.multipart.partSize > 0) await putMultipart(metered, dest.multipart, { ...opts, signal });
+        else await putSingle(metered, dest, opts, signal);
+      } finally {
+        // Whatever way it ended, nothing is left flowing.
+        if (!meter.readableEnded) {
+          input.unpipe(meter);
+          meter.destroy();
+        }
       }
     }
   } catch (err) {
-    fail(err);
+    // A 413 raised while the bytes were being sent surfaces as the sender's error: the cause wins.
+    fail(meter.errored instanceof StoreError ? meter.errored : err);
   }
   if (opts.size !== undefined && meter.size !== opts.size) {
     throw new StoreError(400, `the body ended after ${meter.size} of ${opts.size} bytes`);
@@ -190,18 +215,12 @@ async function store(input: Readable, opts: StoreOptions): Promise<StoredFile> {
 }
 
 /** One presigned PUT of the whole stream (chunked when its length is not known in advance). */
-async function putSingle(
-  input: Readable,
-  meter: Meter,
-  dest: Extract<Destination, { kind: 'remote' }>,
-  opts: StoreOptions,
-  signal: AbortSignal,
-) {
+async function putSingle(body: Readable, dest: Extract<Destination, { kind: 'remote' }>, opts: StoreOptions, signal: AbortSignal) {
   const headers = { ...dest.putHeaders };
   if (opts.size !== undefined) headers['content-length'] = String(opts.size);
-  input.on('error', (err) => meter.destroy(err));
-  const res = await opts.outbound.request(dest.storeUrl, { method: 'PUT', headers, body: input.pipe(meter), signal });
+  const res = await opts.outbound.request(dest.storeUrl, { method: 'PUT', headers, body, signal });
   await res.body.dump({ limit: 64 * 1024 }).catch(() => undefined);
+  if (body.errored) throw body.errored;
   if (res.statusCode < 200 || res.statusCode > 299) throw new StoreError(502, `object storage answered ${res.statusCode} to the upload`);
 }
 
@@ -218,52 +237,57 @@ async function putMultipart(
 ): Promise<void> {
   const etags: string[] = [];
   await mkdir(opts.tempDir, { recursive: true, mode: 0o700 });
-  try {
-    let part: { path: string; out: ReturnType<typeof createWriteStream>; size: number } | undefined;
-    const flush = async () => {
-      if (part === undefined) return;
-      const current = part;
-      part = undefined;
-      await new Promise<void>((resolve, reject) => current.out.end((err?: Error | null) => (err ? reject(err) : resolve())));
-      const index = etags.length;
-      const url = mp.partUrls[index];
-      if (url === undefined) throw new StoreError(413, `the file needs more than the ${mp.partUrls.length} parts allowed`);
-      const res = await opts.outbound.request(url, {
+  let part: { path: string; file: FileHandle; size: number } | undefined;
+  const startPart = async () => {
+    const path = opts.stash.newFile(opts.tempDir);
+    part = { path, file: await open(path, 'wx', 0o600), size: 0 };
+    return part;
+  };
+  const sendPart = async () => {
+    const current = part as NonNullable<typeof part>;
+    part = undefined;
+    await current.file.close();
+    const index = etags.length;
+    const url = mp.partUrls[index];
+    if (url === undefined) throw new StoreError(413, `the file needs more than the ${mp.partUrls.length} parts allowed`);
+    const body = createReadStream(current.path);
+    let res: Awaited<ReturnType<Outbound['request']>>;
+    try {
+      res = await opts.outbound.request(url, {
         method: 'PUT',
         headers: { 'content-length': String(current.size) },
-        body: createReadStream(current.path),
+        body,
         signal: opts.signal,
       });
-      await res.body.dump({ limit: 64 * 1024 }).catch(() => undefined);
-      await rm(current.path, { force: true });
-      const etag = res.headers.etag;
-      if (res.statusCode < 200 || res.statusCode > 299 || typeof etag !== 'string') {
-        throw new StoreError(502, `object storage answered ${res.statusCode} to part ${index + 1}`);
-      }
-      etags.push(etag);
-    };
+    } finally {
+      body.destroy();
+    }
+    await res.body.dump({ limit: 64 * 1024 }).catch(() => undefined);
+    await rm(current.path, { force: true });
+    const etag = res.headers.etag;
+    if (res.statusCode < 200 || res.statusCode > 299 || typeof etag !== 'string') {
+      throw new StoreError(502, `object storage answered ${res.statusCode} to part ${index + 1}`);
+    }
+    etags.push(etag);
+  };
+  try {
     for await (const chunk of stream) {
       let data = chunk as Buffer;
       while (data.length > 0) {
-        if (part === undefined) {
-          const path = opts.stash.newFile(opts.tempDir);
-          part = { path, out: createWriteStream(path, { flags: 'wx', mode: 0o600 }), size: 0 };
+        const current = part ?? (await startPart());
+        const slice = data.subarray(0, Math.min(data.length, mp.partSize - current.size));
+        data = data.subarray(slice.length);
+        for (let written = 0; written < slice.length; ) {
+          written += (await current.file.write(slice, written, slice.length - written)).bytesWritten;
         }
-        const take = Math.min(data.length, mp.partSize - part.size);
-        const slice = data.subarray(0, take);
-        data = data.subarray(take);
-        part.size += take;
-        if (!part.out.write(slice)) await new Promise<void>((resolve) => part?.out.once('drain', () => resolve()));
-        if (part.size === mp.partSize) await flush();
+        current.size += slice.length;
+        if (current.size === mp.partSize) await sendPart();
       }
     }
+    // The last, short part; an empty file is still one (empty) part.
     if (part !== undefined || etags.length === 0) {
-      if (part === undefined) {
-        // An empty file is still one (empty) part.
-        const path = opts.stash.newFile(opts.tempDir);
-        part = { path, out: createWriteStream(path, { flags: 'wx', mode: 0o600 }), size: 0 };
-      }
-      await flush();
+      if (part === undefined) await startPart();
+      await sendPart();
     }
     const xml = `<CompleteMultipartUpload>${etags.map((etag, i) => `<Part><PartNumber>${i + 1}</PartNumber><ETag>${escapeXml(etag)}</ETag></Part>`).join('')}</CompleteMultipartUpload>`;
     const done = await opts.outbound.request(mp.completeUrl, {
@@ -290,6 +314,9 @@ async function putMultipart(
         .catch(() => undefined);
     }
     throw err;
+  } finally {
+    // A part being written when it failed: its descriptor is closed here, its file by the stash.
+    await (part as { file: FileHandle } | undefined)?.file.close().catch(() => undefined);
   }
 }
 

@@ -14,9 +14,10 @@ import {
   mapUpstreamError,
   writeError,
 } from './errors.js';
-import { type Forwarder, peerAddress } from './forward.js';
+import { accessLog, type BodyReplacement, type Forwarder, peerAddress } from './forward.js';
 import { MULTIPART_FIELDS } from './headers.js';
 import { ISSUER, signJwt } from './jwt.js';
+import type { Metrics } from './metrics.js';
 import type { Outbound } from './outbound.js';
 import { DirectiveError } from './senddata.js';
 import { API_REQUEST_HEADER, type Authorization, apiRequestToken, authorize } from './upload-authorize.js';
@@ -33,6 +34,7 @@ export interface UploadOptions {
   version: string;
   log: FastifyBaseLogger;
   isClosing: () => boolean;
+  metrics?: Metrics | undefined;
 }
 
 /** The fields a file part `<f>` becomes, in the order they are sent (Workhorse's names). */
@@ -43,7 +45,7 @@ const FIELDS_TOTAL_LIMIT = 10 * 1024 * 1024;
 const FIELDS_COUNT_LIMIT = 1000;
 
 type Part =
-  | { kind: 'field'; name: string; value: string; contentType: string }
+  | { kind: 'field'; name: string; value: Buffer; contentType: string }
   | { kind: 'file'; name: string; filename: string; stored: StoredFile };
 
 /**
@@ -61,6 +63,7 @@ export function createUploads(opts: UploadOptions): Forwarder {
       replacement === undefined && url.charCodeAt(0) === 47 && !opts.isClosing()
         ? matchRoute(routes, req.method as string, url)
         : undefined;
+    if (route !== undefined) opts.metrics?.route(res, route.path.source);
     if (route === undefined || (route.kind === 'multipart' && !isMultipart(req.headers['content-type']))) {
       opts.forward(req, res, requestId, replacement);
       return;
@@ -84,6 +87,7 @@ async function handleUpload(route: UploadRoute, req: IncomingMessage, res: Serve
   const log = opts.log.child({ requestId });
   const stash = new Stash(opts.outbound);
   const abort = new AbortController();
+  let forwarded = false;
   // Temp files and remote temp objects live exactly as long as the request: removed once the
   // backend's answer was relayed, on any error, and when the client goes away mid-upload.
   res.once('close', () => {
@@ -91,7 +95,13 @@ async function handleUpload(route: UploadRoute, req: IncomingMessage, res: Serve
     void stash.clear().then((errors) => {
       for (const err of errors) log.warn({ err, subsystem: 'upload' }, 'upload temp file could not be removed');
     });
+    // A forwarded request gets its access line from the forwarder; one answered here gets it now.
+    if (!forwarded) accessLog(opts.log, req, res, { requestId, started, peer: peerAddress(req), bytes: undefined });
   });
+  const forward = (replacement: BodyReplacement) => {
+    forwarded = true;
+    opts.forward(req, res, requestId, replacement);
+  };
   const fields = { subsystem: 'upload', route: route.path.source, kind: route.kind };
   const answer = (err: FastifyError) => {
     // The rest of the client's body is not read: the connection closes after this answer.
@@ -107,9 +117,13 @@ async function handleUpload(route: UploadRoute, req: IncomingMessage, res: Serve
         requestId,
         version: opts.version,
         secret: opts.secret,
+        signal: abort.signal,
       });
+      // The client left while the backend was asked: nothing is stored.
+      if (abort.signal.aborted || res.destroyed) return;
       if ('refused' in result) {
         log.info({ ...fields, outcome: 'refused', status: result.refused.statusCode }, 'upload refused by the backend');
+        opts.metrics?.upload('refused', req);
         if (!req.complete) res.shouldKeepAlive = false;
         req.on('error', () => undefined);
         res.writeHead(result.refused.statusCode, [...result.refused.headers, 'content-length', String(result.refused.body.length)]);
@@ -127,7 +141,8 @@ async function handleUpload(route: UploadRoute, req: IncomingMessage, res: Serve
       tempDir: opts.uploads.tempDir,
       signal: abort.signal,
     };
-    const signed: string[] = route.preauthorize ? [API_REQUEST_HEADER, apiRequestToken(opts.secret)] : [];
+    // Signed when the request is sent, not when the upload began: a backend checks the token's age.
+    const signed = (): string[] => (route.preauthorize ? [API_REQUEST_HEADER, apiRequestToken(opts.secret)] : []);
     if (route.kind === 'body') {
       const declared = req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']);
       if (auth.maxSize > 0 && declared !== undefined && declared > auth.maxSize) {
@@ -138,10 +153,11 @@ async function handleUpload(route: UploadRoute, req: IncomingMessage, res: Serve
       const form = new URLSearchParams();
       for (const [name, value] of fileFields('file', '', stored, opts.secret)) form.append(name, value);
       log.info({ ...fields, outcome: 'stored', files: 1, bytes: stored.size, durationMs: elapsed(started) }, 'upload stored');
-      opts.forward(req, res, requestId, {
+      opts.metrics?.upload('stored', req);
+      forward({
         body: Buffer.from(form.toString()),
         contentType: 'application/x-www-form-urlencoded',
-        headers: [MULTIPART_FIELDS, signJwt({ rewritten_fields: { file: stored.path }, iss: ISSUER }, opts.secret), ...signed],
+        headers: [MULTIPART_FIELDS, signJwt({ rewritten_fields: { file: stored.path }, iss: ISSUER }, opts.secret), ...signed()],
       });
       return;
     }
@@ -161,14 +177,15 @@ async function handleUpload(route: UploadRoute, req: IncomingMessage, res: Serve
       bytes += part.stored.size;
       rewritten[part.name] = part.stored.path;
       for (const [name, value] of fileFields(part.name, part.filename, part.stored, opts.secret))
-        chunks.push(formPart(boundary, name, value));
+        chunks.push(formPart(boundary, name, Buffer.from(value)));
     }
     chunks.push(Buffer.from(`--${boundary}--\r\n`));
     log.info({ ...fields, outcome: 'stored', files, bytes, durationMs: elapsed(started) }, 'upload stored');
-    opts.forward(req, res, requestId, {
+    opts.metrics?.upload('stored', req);
+    forward({
       body: Buffer.concat(chunks),
       contentType: `multipart/form-data; boundary=${boundary}`,
-      headers: [...(files > 0 ? [MULTIPART_FIELDS, signJwt({ rewritten_fields: rewritten, iss: ISSUER }, opts.secret)] : []), ...signed],
+      headers: [...(files > 0 ? [MULTIPART_FIELDS, signJwt({ rewritten_fields: rewritten, iss: ISSUER }, opts.secret)] : []), ...signed()],
     });
   } catch (err) {
     abort.abort();
@@ -176,6 +193,7 @@ async function handleUpload(route: UploadRoute, req: IncomingMessage, res: Serve
     const edge = toEdgeError(err);
     const level = edge.statusCode !== undefined && edge.statusCode < 500 ? 'info' : 'error';
     log[level]({ ...fields, err, outcome: 'failed', status: edge.statusCode, durationMs: elapsed(started) }, 'upload failed');
+    opts.metrics?.upload('failed', req);
     answer(edge);
   }
 }
@@ -215,11 +233,24 @@ function fileFields(prefix: string, filename: string, stored: StoredFile, secret
 }
 
 /** One part of the rewritten body; names escaped as browsers do (`"` → %22, CR/LF → %0D/%0A). */
-function formPart(boundary: string, name: string, value: string, contentType?: string): Buffer {
+function formPart(boundary: string, name: string, value: Buffer, contentType?: string): Buffer {
   const escaped = name.replace(/"/g, '%22').replace(/\r/g, '%0D').replace(/\n/g, '%0A');
-  const type =
-    contentType === undefined || contentType === '' || contentType.startsWith('text/plain') ? '' : `Content-Type: ${contentType}\r\n`;
-  return Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${escaped}"\r\n${type}\r\n${value}\r\n`);
+  const type = contentType === undefined || contentType === '' || contentType === 'text/plain' ? '' : `Content-Type: ${contentType}\r\n`;
+  return Buffer.concat([Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${escaped}"\r\n${type}\r\n`), value, CRLF]);
+}
+
+const CRLF = Buffer.from('\r\n');
+
+/**
+ * With `defCharset: 'latin1'` busboy reads a field without a charset as one char per byte, so its
+ * value goes back byte for byte; one that declared its charset goes back in it. (Names and file
+ * names busboy decodes as UTF-8, as browsers send them.)
+ */
+function encodeField(value: string, contentType: string): Buffer {
+  const charset = /;\s*charset="?([^";\s]+)/i.exec(contentType)?.[1]?.toLowerCase();
+  if (charset === 'utf-8' || charset === 'utf8') return Buffer.from(value, 'utf8');
+  if (charset === 'utf-16le' || charset === 'utf16le' || charset === 'ucs2' || charset === 'ucs-2') return Buffer.from(value, 'utf16le');
+  return Buffer.from(value, 'latin1');
 }
 
 /** The last segment of a client's file name, with either kind of slash ("C:\\x\\a.png" → "a.png"). */
@@ -246,9 +277,11 @@ function readMultipart(
       bb = new Busboy({
         headers: req.headers as { 'content-type': string },
         preservePath: true,
+        defCharset: 'latin1',
         highWaterMark: 256 * 1024,
         fileHwm: 256 * 1024,
-        isPartAFile: (_name, _type, filename) => filename !== undefined,
+        // A file input left empty is sent with filename="": an ordinary (empty) field, as in Workhorse.
+        isPartAFile: (_name, _type, filename) => filename !== undefined && filename !== '',
         limits: { files: maxFiles, fields: FIELDS_COUNT_LIMIT, fieldSize: FIELD_LIMIT, headerPairs: 100 },
       });
     } catch (err) {
@@ -274,8 +307,9 @@ function readMultipart(
       fieldBytes += value.length;
       if (fieldBytes > FIELDS_TOTAL_LIMIT) return fail(new StoreError(413, `the form fields are larger than ${FIELDS_TOTAL_LIMIT} bytes`));
       fieldNames.add(name);
-      parts.push({ kind: 'field', name, value, contentType });
+      parts.push({ kind: 'field', name, value: encodeField(value, contentType), contentType });
     });
+    let files = 0;
     bb.on('file', (name, stream, filename) => {
       // busboy reports a part cut short on the part itself, possibly after its reader gave up:
       // the body's own 'error' (below) is what fails the request.
@@ -293,6 +327,11 @@ function readMultipart(
       if (names.some((n) => generated.has(n)) || names.slice(1).some((n) => fieldNames.has(n))) {
         stream.resume();
         return fail(new StoreError(400, `the file field "${name}" collides with another field`));
+      }
+      // One presigned object per request: a second file would overwrite the first.
+      if (++files > 1 && store.destination.kind === 'remote') {
+        stream.resume();
+        return fail(new StoreError(400, 'only one file may be uploaded to object storage per request'));
       }
       for (const n of names) generated.add(n);
       const stored = storeFile(stream, store).then((file): Part => ({ kind: 'file', name, filename: base, stored: file }));

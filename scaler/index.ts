@@ -1,11 +1,12 @@
 import type { Readable } from 'node:stream';
+import { type CachedImage, cacheKey, ScaledCache } from './cache.js';
 import { isNotModified, lastModified } from './conditional.js';
 import type { ImageLocation, ScaleDirective } from './directive.js';
 import { ScaleError } from './errors.js';
 import { createGate, type Gate } from './gate.js';
 import { type ImageFormat, MAGIC_LENGTH, precheck, sniffFormat } from './limits.js';
 import { Prefix } from './prefix.js';
-import { inspect, render } from './scale.js';
+import { inspect, RENDER_SETTINGS, render } from './scale.js';
 
 export type { ImageLocation, ScaleDirective } from './directive.js';
 export { parseDirective } from './directive.js';
@@ -21,6 +22,11 @@ export interface OpenedImage {
   body(): Readable;
   /** Releases the source without reading it (not modified, client gone). */
   discard(): void;
+  /**
+   * What identifies these exact bytes (a path with its inode, mtime and size; a URL with its
+   * validators), or undefined when nothing does: then the result is neither cached nor shared.
+   */
+  identity: string | undefined;
 }
 
 /** Opens originals; throws `ScaleError('EDGE_SOURCE_UNAVAILABLE')` when it cannot. */
@@ -34,6 +40,8 @@ export interface ScalerOptions {
   maxScalerWaitMs: number;
   maxFilesize: number;
   limitInputPixels: number;
+  /** Bytes of scaled images kept in memory (`cache_max_bytes`); 0 keeps none. */
+  cacheMaxBytes: number;
 }
 
 export interface ScaleRequest {
@@ -59,6 +67,8 @@ export type ScaleOutcome =
   | { outcome: 'not-modified'; lastModified: string | undefined }
   | {
       outcome: 'scaled';
+      /** Scaled for this request, taken from the cache, or shared with a concurrent identical request. */
+      from: 'scaled' | 'cache' | 'coalesced';
       body: Buffer;
       contentType: 'image/png' | 'image/jpeg';
       width: number;
@@ -80,6 +90,7 @@ export type ScaleOutcome =
 export interface Scaler {
   scale(req: ScaleRequest): Promise<ScaleOutcome>;
   readonly gate: Gate;
+  readonly cache: ScaledCache;
 }
 
 const CONTENT_TYPES: Record<ImageFormat, 'image/png' | 'image/jpeg'> = { png: 'image/png', jpeg: 'image/jpeg' };
@@ -95,6 +106,9 @@ const CONTENT_TYPES: Record<ImageFormat, 'image/png' | 'image/jpeg'> = { png: 'i
  */
 export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
   const gate = createGate({ concurrency: opts.maxScalerProcs, maxWaitMs: opts.maxScalerWaitMs, maxQueue: opts.maxScalerProcs * 4 });
+  const cache = new ScaledCache(opts.cacheMaxBytes);
+  // Scaling jobs in progress by cache key: identical concurrent requests wait for the one job.
+  const inflight = new Map<string, Promise<CachedImage | undefined>>();
 
   async function scale(req: ScaleRequest): Promise<ScaleOutcome> {
     const { directive } = req;
@@ -104,6 +118,50 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
       image.discard();
       return { outcome: 'not-modified', lastModified: modified };
     }
+    const key = image.identity === undefined ? undefined : cacheKey(image.identity, directive.width, RENDER_SETTINGS);
+    let settle: ((image: CachedImage | undefined) => void) | undefined;
+    if (key !== undefined) {
+      const hit = cache.get(key);
+      if (hit !== undefined) {
+        image.discard();
+        return { outcome: 'scaled', from: 'cache', ...hit, lastModified: modified };
+      }
+      const pending = inflight.get(key);
+      if (pending !== undefined) {
+        // Another request is scaling these same bytes to this width: its result is this one's.
+        const shared = await pending;
+        if (shared !== undefined) {
+          image.discard();
+          return { outcome: 'scaled', from: 'coalesced', ...shared, lastModified: modified };
+        }
+        // It served the original instead (busy, not larger…): this request decides for itself.
+      } else {
+        inflight.set(key, new Promise((resolve) => (settle = resolve)));
+      }
+    }
+    try {
+      const outcome = await scaleOpened(req, image, modified);
+      if (outcome.outcome === 'scaled' && key !== undefined) {
+        const scaled: CachedImage = {
+          body: outcome.body,
+          contentType: outcome.contentType,
+          width: outcome.width,
+          originalBytes: outcome.originalBytes,
+        };
+        cache.set(key, scaled);
+        settle?.(scaled);
+      }
+      return outcome;
+    } finally {
+      if (settle !== undefined && key !== undefined) {
+        settle(undefined);
+        inflight.delete(key);
+      }
+    }
+  }
+
+  async function scaleOpened(req: ScaleRequest, image: OpenedImage, modified: string | undefined): Promise<ScaleOutcome> {
+    const { directive } = req;
     const original = (
       reason: OriginalReason,
       body: Buffer | Readable,
@@ -164,6 +222,7 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
     if ('error' in value) return original('scaling-failed', input, input.length, format, value.error);
     return {
       outcome: 'scaled',
+      from: 'scaled',
       body: value.body,
       contentType: CONTENT_TYPES[format],
       width: value.width,
@@ -174,6 +233,7 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
 
   return {
     gate,
+    cache,
     async scale(req) {
       try {
         return await scale(req);

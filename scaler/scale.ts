@@ -7,6 +7,9 @@ import type { ImageFormat } from './limits.js';
 sharp.concurrency(1);
 sharp.cache(false);
 
+/** Names the output settings below: part of every cache key, so changing them is a cache miss. */
+export const RENDER_SETTINGS = 'v1;png:palette,q90,effort3,c9;jpeg:q82,baseline,420;autoOrient';
+
 export interface Rendered {
   body: Buffer;
   width: number;

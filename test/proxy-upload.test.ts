@@ -205,12 +205,11 @@ describe('accelerated multipart uploads', () => {
     const res = await request(`${proxy.url}/uploads/user`, {
       method: 'POST',
       body: form([['file', { data: Buffer.alloc(5 * 1024 * 1024, 1), filename: 'big.bin' }]]),
-    }).catch((err: Error) => err);
-    // The proxy answers before it read the whole body, then closes: the client sees the 413.
-    if (!(res instanceof Error)) {
-      expect(res.statusCode).toBe(413);
-      expect(await res.body.text()).toBe('Request Entity Too Large: the file is larger than the 1000 bytes allowed\n');
-    }
+    });
+    // The proxy answers before it read the whole body, then closes: the client still sees the 413.
+    expect(res.statusCode).toBe(413);
+    expect(res.headers.connection).toBe('close');
+    expect(await res.body.text()).toBe('Request Entity Too Large: the file is larger than the 1000 bytes allowed\n');
     await waitFor(() => readdirSync(dir).length === 0);
     expect(readdirSync(dir)).toEqual([]);
     expect(backend.received).toHaveLength(0);
@@ -347,6 +346,83 @@ describe('accelerated multipart uploads', () => {
   });
 });
 
+describe('what reaches the backend', () => {
+  it('copies fields byte for byte, keeps UTF-8 names, and treats an empty file input as a field', async () => {
+    const dir = newDir();
+    let raw: Buffer = Buffer.alloc(0);
+    const backend = await startBackend(async (req, res) => {
+      if (req.url?.includes('/authorize'))
+        return void res.writeHead(200, { 'content-type': API_TYPE }).end(JSON.stringify({ TempPath: dir }));
+      raw = await readBody(req);
+      res.end('ok');
+    });
+    const proxy = await startProxy(backend.url, { toml: routesToml(newDir()) });
+    const b = 'x-boundary';
+    const body = Buffer.concat([
+      Buffer.from(`--${b}\r\nContent-Disposition: form-data; name="bin"\r\nContent-Type: application/octet-stream\r\n\r\n`),
+      Buffer.from([0xff, 0xfe, 0x00, 0x80, 0x41]),
+      Buffer.from(`\r\n--${b}\r\nContent-Disposition: form-data; name="títle"\r\n\r\nçà\r\n`),
+      Buffer.from(
+        `--${b}\r\nContent-Disposition: form-data; name="optional"; filename=""\r\nContent-Type: application/octet-stream\r\n\r\n\r\n`,
+      ),
+      Buffer.from(`--${b}\r\nContent-Disposition: form-data; name="file"; filename="résumé.txt"\r\n\r\ntest\r\n--${b}--\r\n`),
+    ]);
+    const res = await request(`${proxy.url}/uploads/user`, {
+      method: 'POST',
+      headers: { 'content-type': `multipart/form-data; boundary=${b}` },
+      body,
+    });
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
+    expect(raw.includes(Buffer.concat([Buffer.from('\r\n\r\n'), Buffer.from([0xff, 0xfe, 0x00, 0x80, 0x41]), Buffer.from('\r\n')]))).toBe(
+      true,
+    );
+    const text = raw.toString('utf8');
+    expect(text).toContain('name="títle"\r\n\r\nçà\r\n');
+    expect(text).toContain('name="optional"');
+    expect(text).toContain('name="file.name"\r\n\r\nrésumé.txt\r\n');
+  });
+
+  it('replaces a client-sent Gitlab-Workhorse-Api-Request and signs the final request when it is sent', async () => {
+    const dir = newDir();
+    const backend = await uploadBackend(localAnswer(dir));
+    const proxy = await startProxy(backend.url, { toml: routesToml(newDir()) });
+    // A client that takes its time: the final token must be younger than the upload.
+    const b = 'slow';
+    async function* slow() {
+      yield Buffer.from(`--${b}\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n`);
+      await new Promise((r) => setTimeout(r, 1200));
+      yield Buffer.from(`test\r\n--${b}--\r\n`);
+    }
+    const res = await request(`${proxy.url}/uploads/user`, {
+      method: 'POST',
+      headers: { 'content-type': `multipart/form-data; boundary=${b}`, 'gitlab-workhorse-api-request': 'forged' },
+      body: Readable.from(slow()),
+    });
+    expect(res.statusCode).toBe(201);
+    await res.body.dump();
+    const authToken = (backend.authorizeCalls[0] as IncomingMessage).headers['gitlab-workhorse-api-request'];
+    const finalToken = (backend.received[0] as Received).headers['gitlab-workhorse-api-request'];
+    // One value each (not "forged, <token>"), both valid, the final one signed after the body arrived.
+    const authIat = verifyJwt(String(authToken), SECRET).iat as number;
+    const finalIat = verifyJwt(String(finalToken), SECRET).iat as number;
+    expect(finalIat).toBeGreaterThan(authIat);
+  });
+
+  it('writes one access-log line for an upload it answers itself', async () => {
+    const backend = await uploadBackend(() => ({ status: 403, type: 'text/plain', body: 'no' }));
+    const logs: Record<string, unknown>[] = [];
+    const proxy = await startProxy(backend.url, { toml: routesToml(newDir()), logs });
+    const res = await request(`${proxy.url}/uploads/user`, { method: 'POST', body: form([['file', { data: 'x', filename: 'a' }]]) });
+    expect(res.statusCode).toBe(403);
+    await res.body.dump();
+    await waitFor(() => logs.some((l) => l.msg === 'request'));
+    expect(logs.filter((l) => l.msg === 'request')).toEqual([
+      expect.objectContaining({ method: 'POST', path: '/uploads/user', status: 403 }),
+    ]);
+  });
+});
+
 describe('accelerated body uploads', () => {
   it('stores a raw PUT body and forwards urlencoded file fields, signed', async () => {
     const dir = newDir();
@@ -367,6 +443,28 @@ describe('accelerated body uploads', () => {
     expect(verifyJwt(fields['file.gitlab-workhorse-upload'] as string, SECRET)).toMatchObject({
       upload: { size: '19', sha256: fields['file.sha256'] },
     });
+  });
+
+  it('stores nothing when the client leaves while the backend is still authorizing', async () => {
+    const dir = newDir();
+    let answered = false;
+    const backend = await startBackend((req, res) => {
+      if (!req.url?.includes('/authorize')) return void res.end('never');
+      setTimeout(() => {
+        res.writeHead(200, { 'content-type': API_TYPE }).end(JSON.stringify({ TempPath: dir }));
+        answered = true;
+      }, 400);
+    });
+    const proxy = await startProxy(backend.url, { toml: routesToml(newDir()) });
+    const socket = connect(proxy.port, '127.0.0.1');
+    await new Promise<void>((r) => socket.once('connect', () => r()));
+    socket.write('PUT /packages/generic/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n');
+    socket.write(Buffer.alloc(50_000, 1));
+    await new Promise((r) => setTimeout(r, 100));
+    socket.destroy();
+    await waitFor(() => answered);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(readdirSync(dir)).toEqual([]);
   });
 
   it('answers 413 at once when Content-Length is over MaximumSize', async () => {
@@ -467,6 +565,79 @@ describe('uploads to object storage', () => {
     expect(readdirSync(tempDir)).toEqual([]);
   });
 
+  it('sends PutHeaders when CustomPutHeaders is set, and refuses a second file for the one object', async () => {
+    const store = await objectStore();
+    let headers: IncomingMessage['headers'] = {};
+    store.server.prependListener('request', (req: IncomingMessage) => {
+      headers = req.headers;
+    });
+    const backend = await uploadBackend(() => ({
+      status: 200,
+      type: API_TYPE,
+      body: JSON.stringify({
+        RemoteObject: {
+          ID: 'o',
+          StoreURL: `${store.url}/o`,
+          CustomPutHeaders: true,
+          PutHeaders: { 'x-amz-meta-owner': 'ada', 'content-type': 'image/png' },
+        },
+      }),
+    }));
+    const proxy = await startProxy(backend.url, { toml: routesToml(newDir()) });
+    const one = await request(`${proxy.url}/uploads/user`, { method: 'POST', body: form([['file', { data: 'x', filename: 'a' }]]) });
+    expect(one.statusCode).toBe(201);
+    await one.body.dump();
+    expect([headers['x-amz-meta-owner'], headers['content-type']]).toEqual(['ada', 'image/png']);
+    const two = await request(`${proxy.url}/uploads/user`, {
+      method: 'POST',
+      body: form([
+        ['a', { data: 'x', filename: 'a' }],
+        ['b', { data: 'y', filename: 'b' }],
+      ]),
+    });
+    expect(two.statusCode).toBe(400);
+    expect(await two.body.text()).toBe('Bad Request: only one file may be uploaded to object storage per request\n');
+  });
+
+  it('aborts a multipart upload and deletes its parts when the client goes away mid-file', async () => {
+    const store = await objectStore();
+    const backend = await uploadBackend(() => ({
+      status: 200,
+      type: API_TYPE,
+      body: JSON.stringify({
+        RemoteObject: {
+          ID: 'o',
+          DeleteURL: `${store.url}/o?delete`,
+          MultipartUpload: {
+            PartSize: 100_000,
+            PartURLs: [1, 2, 3, 4, 5].map((n) => `${store.url}/o?part=${n}`),
+            CompleteURL: `${store.url}/o?complete`,
+            AbortURL: `${store.url}/o?abort`,
+          },
+        },
+      }),
+    }));
+    const tempDir = newDir();
+    const proxy = await startProxy(backend.url, { toml: routesToml(tempDir) });
+    const socket = connect(proxy.port, '127.0.0.1');
+    await new Promise<void>((r) => socket.once('connect', () => r()));
+    socket.write(
+      'POST /uploads/user HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 10000000\r\n\r\n' +
+        '--b\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n\r\n',
+    );
+    socket.write(Buffer.alloc(250_000, 7));
+    await waitFor(() => store.calls.includes('PUT /o?part=2'));
+    socket.destroy();
+    await waitFor(
+      () => store.calls.includes('DELETE /o?abort') && store.calls.includes('DELETE /o?delete') && readdirSync(tempDir).length === 0,
+    );
+    expect(store.calls).toContain('DELETE /o?abort');
+    expect(store.calls).toContain('DELETE /o?delete');
+    expect(store.calls).not.toContain('POST /o?complete');
+    expect(readdirSync(tempDir)).toEqual([]);
+    expect(backend.received).toHaveLength(0);
+  });
+
   it('answers 502 when object storage fails, and 413 when the file needs more parts than URLs', async () => {
     const failing = await startBackend((_req, res) => res.writeHead(500).end('<Error>bucket secret</Error>'));
     const backend = await uploadBackend(() => ({
@@ -478,6 +649,7 @@ describe('uploads to object storage', () => {
     const res = await request(`${proxy.url}/uploads/user`, { method: 'POST', body: form([['file', { data: 'x', filename: 'a' }]]) });
     expect(res.statusCode).toBe(502);
     expect(await res.body.text()).toBe('Bad Gateway: the upload could not be stored\n');
+    expect(backend.received).toHaveLength(0);
 
     const store = await objectStore();
     const small = await uploadBackend(() => ({
