@@ -44,6 +44,19 @@ const wholeNumber = (what: string, min: number) =>
     .int({ error: `expected ${what} as a whole number` })
     .min(min, { error: `expected ${what} of at least ${min}` });
 
+/** The most worker processes `workers` may ask for; `"auto"` is capped here too. */
+export const MAX_WORKERS = 64;
+
+const WORKERS_EXPECTED = (issue: { input?: unknown }) =>
+  `expected a number of worker processes from 1 to ${MAX_WORKERS}, or "auto" (one per CPU), got ${JSON.stringify(issue.input)}`;
+
+/** `workers`: a whole number of processes, or `"auto"` for one per CPU this process may run on. */
+const workerCount = z
+  .union([z.literal('auto'), z.number()], { error: WORKERS_EXPECTED })
+  .refine((n) => n === 'auto' || (Number.isInteger(n) && n >= 1 && n <= MAX_WORKERS), { error: WORKERS_EXPECTED })
+  .default(1)
+  .transform((n) => (n === 'auto' ? Math.min(availableParallelism(), MAX_WORKERS) : n));
+
 export const DEFAULT_MAX_SCALER_PROCS = Math.max(2, Math.floor(availableParallelism() / 2));
 
 const imageResizer = z.strictObject({
@@ -182,6 +195,7 @@ const fileSchema = z.strictObject({
     .string({ error: 'expected an absolute directory path' })
     .refine((p) => isAbsolute(p), { message: 'expected an absolute directory path' })
     .optional(),
+  workers: workerCount,
   image_resizer: imageResizer.prefault({}),
   outbound: outbound.prefault({}),
   uploads: uploads.prefault({}),
@@ -202,6 +216,7 @@ export const configSchema = fileSchema.superRefine(checkListeners).transform((f)
   healthOnMetricsListener: f.health_on_metrics_listener,
   shutdownDelayMs: f.shutdown_delay,
   documentRoot: f.document_root,
+  workers: f.workers,
   imageResizer: {
     maxScalerProcs: f.image_resizer.max_scaler_procs,
     maxFilesize: f.image_resizer.max_filesize,

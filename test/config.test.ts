@@ -1,10 +1,10 @@
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ConfigError } from '../config/errors.js';
 import { loadConfig, loadConfigFile } from '../config/load.js';
-import { DEFAULT_MAX_SCALER_PROCS, parseListenAddr } from '../config/schema.js';
+import { DEFAULT_MAX_SCALER_PROCS, MAX_WORKERS, parseListenAddr } from '../config/schema.js';
 
 function errorOf(text: string): string {
   try {
@@ -32,6 +32,7 @@ describe('configuration', () => {
       healthOnMetricsListener: false,
       shutdownDelayMs: 0,
       documentRoot: undefined,
+      workers: 1,
       imageResizer: {
         maxScalerProcs: DEFAULT_MAX_SCALER_PROCS,
         maxFilesize: 250_000,
@@ -68,6 +69,7 @@ describe('configuration', () => {
       'metrics_namespace',
       'health_on_metrics_listener',
       'document_root',
+      'workers',
       'max_scaler_procs',
       'max_filesize',
       'max_scaler_wait',
@@ -155,6 +157,19 @@ max_filesize = 0
     expect(errorOf('[outbound]\nallowed_hosts = ["http://x"]')).toContain('outbound.allowed_hosts.0: expected a host name');
     expect(errorOf('[outbound]\nmax_redirects = 50')).toContain('outbound.max_redirects: expected at most 20 redirects');
     expect(errorOf('image_resizer = 3')).toContain('image_resizer: Invalid input: expected object, received number');
+  });
+
+  it('reads workers as a count from 1 to 64 or "auto", one per CPU', () => {
+    expect(loadConfig('workers = 4').workers).toBe(4);
+    expect(loadConfig('workers = "auto"').workers).toBe(Math.min(availableParallelism(), MAX_WORKERS));
+    const expected = 'expected a number of worker processes from 1 to 64, or "auto" (one per CPU)';
+    expect(errorOf('workers = 0')).toBe(`outrider.toml: invalid config\n  - workers: ${expected}, got 0`);
+    expect(errorOf('workers = 65')).toContain(`workers: ${expected}, got 65`);
+    expect(errorOf('workers = 1.5')).toContain(`workers: ${expected}, got 1.5`);
+    expect(errorOf('workers = "all"')).toContain(`workers: ${expected}, got "all"`);
+    expect(() => loadConfig('', { source: 'edge.toml', overrides: [{ key: 'workers', flag: '--workers', value: 'many' }] })).toThrow(
+      `  - --workers (workers): ${expected}, got "many"`,
+    );
   });
 
   it('reports every problem at once', () => {
