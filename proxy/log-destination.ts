@@ -3,6 +3,21 @@ import { openSync, writeSync } from 'node:fs';
 /** The most log text held while the output cannot keep up; beyond it lines are dropped and counted. */
 const MAX_PENDING_BYTES = 16 * 1024 * 1024;
 
+/**
+ * Writes of at most this many bytes to a pipe are atomic (POSIX `PIPE_BUF`, 4096 on Linux): when
+ * several processes share one stdout (cluster workers), lines written in chunks this size never
+ * interleave mid-line.
+ */
+export const PIPE_BUF = 4096;
+
+export interface BatchedDestinationOptions {
+  /**
+   * Largest single write, cut at line ends (a longer line still goes out whole). Unlimited by
+   * default; `PIPE_BUF` when other processes write to the same output.
+   */
+  maxWriteBytes?: number;
+}
+
 export interface BatchedDestination {
   write(line: string): boolean;
   /** Writes everything pending now (on exit, before a fatal message). */
@@ -18,8 +33,9 @@ export interface BatchedDestination {
  * pipe that is full, what is pending is retried shortly; past 16 MiB, lines are dropped and the
  * count of dropped lines is written once output resumes, never growing memory without bound.
  */
-export function createBatchedDestination(dest: number | string = 1): BatchedDestination {
+export function createBatchedDestination(dest: number | string = 1, opts: BatchedDestinationOptions = {}): BatchedDestination {
   const fd = typeof dest === 'number' ? dest : openSync(dest, 'a');
+  const maxWrite = opts.maxWriteBytes ?? Number.POSITIVE_INFINITY;
   let pending: string[] = [];
   let pendingBytes = 0;
   // Bytes a full non-blocking pipe did not take yet; kept as bytes so no character is split.
@@ -41,7 +57,7 @@ export function createBatchedDestination(dest: number | string = 1): BatchedDest
     leftover = undefined;
     while (buf.length > 0) {
       try {
-        buf = buf.subarray(writeSync(fd, buf));
+        buf = buf.subarray(writeSync(fd, buf.length <= maxWrite ? buf : buf.subarray(0, lineCut(buf, maxWrite))));
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'EAGAIN') {
           // A full non-blocking pipe: keep the rest and retry soon.
@@ -79,6 +95,14 @@ export function createBatchedDestination(dest: number | string = 1): BatchedDest
       cb?.();
     },
   };
+}
+
+/** Bytes to write of `buf`: whole lines up to `max`, or the first line whole when it alone is longer. */
+function lineCut(buf: Buffer, max: number): number {
+  const last = buf.lastIndexOf(10, max - 1);
+  if (last !== -1) return last + 1;
+  const first = buf.indexOf(10, max);
+  return first === -1 ? buf.length : first + 1;
 }
 
 function countLines(buf: Buffer): number {

@@ -1,6 +1,6 @@
 import pino, { type Logger } from 'pino';
 import type { Config } from '../config/schema.js';
-import { createBatchedDestination } from './log-destination.js';
+import { type BatchedDestinationOptions, createBatchedDestination } from './log-destination.js';
 
 export const LOG_REDACT = ['req.headers.authorization', 'req.headers.cookie', 'headers.authorization', 'headers.cookie'];
 
@@ -10,8 +10,8 @@ export const LOG_REDACT = ['req.headers.authorization', 'req.headers.cookie', 'h
  * measured at 2.6 µs of CPU per line, against 3.5 µs for one write per line and 9.6 µs for
  * pino's buffered asynchronous destination. Whatever is pending is written on exit.
  */
-export function createLogger(config: Pick<Config, 'logLevel'>, dest: number | string = 1): Logger {
-  const destination = createBatchedDestination(dest);
+export function createLogger(config: Pick<Config, 'logLevel'>, dest: number | string = 1, opts: BatchedDestinationOptions = {}): Logger {
+  const destination = createBatchedDestination(dest, opts);
   process.on('exit', () => destination.flushSync());
   return pino({ level: config.logLevel, redact: LOG_REDACT }, destination);
 }
