@@ -3,7 +3,6 @@ import { createServer, type ServerResponse } from 'node:http';
 import type { FastifyBaseLogger } from 'fastify';
 import type { ListenAddr } from '../config/schema.js';
 import type { Health } from './health.js';
-import type { Metrics } from './metrics.js';
 
 export const METRICS_PATH = '/metrics';
 
@@ -19,9 +18,15 @@ export class ListenError extends Error {
   }
 }
 
+/** What `/metrics` answers: a prom-client `Registry`, or the cluster primary's sum over its workers. */
+export interface MetricsSource {
+  readonly contentType: string;
+  metrics(): Promise<string>;
+}
+
 export interface MetricsServerOptions {
   addr: ListenAddr;
-  metrics: Metrics;
+  registry: MetricsSource;
   /** `health_on_metrics_listener`: the health routes are answered here instead of on the proxy. */
   health: Health | undefined;
   log: FastifyBaseLogger;
@@ -41,7 +46,7 @@ export interface MetricsServer {
  * anything else.
  */
 export function createMetricsServer(opts: MetricsServerOptions): MetricsServer {
-  const { registry } = opts.metrics;
+  const { registry } = opts;
   const server = createServer((req, res) => {
     if (opts.health?.serve(req, res)) return;
     const url = req.url ?? '/';

@@ -1,10 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import { statSync } from 'node:fs';
 import { createServer, type IncomingMessage, type RequestListener, type ServerResponse } from 'node:http';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
-import { ConfigError } from '../config/errors.js';
 import type { Config } from '../config/schema.js';
 import { createScaler } from '../scaler/index.js';
+import { answerMetricsRequests } from './cluster-metrics.js';
 import { createErrorPages } from './error-pages.js';
 import { setErrorHandler, useErrorPages } from './errors.js';
 import { createForwarder, type Forwarder, forwardPlugin } from './forward.js';
@@ -17,6 +16,7 @@ import { createMetrics } from './metrics.js';
 import { createMetricsServer, type MetricsServer } from './metrics-server.js';
 import { createOutbound } from './outbound.js';
 import { loadSecret } from './secret.js';
+import { checkDocumentRoot } from './start-files.js';
 import { staticPlugin } from './static.js';
 import { createUploads } from './upload.js';
 import { createUpstream } from './upstream.js';
@@ -27,6 +27,12 @@ export interface BuildServerOptions {
   logger?: FastifyBaseLogger | false;
   /** Replaces the interceptor list (tests). */
   interceptors?: Interceptor[];
+  /**
+   * This process is a cluster worker (`workers` > 1): the primary owns the metrics listener and
+   * serves the sum of every worker's registry, so this server opens none and answers the
+   * primary's scrape requests instead.
+   */
+  clusterWorker?: boolean;
 }
 
 /** What the CLI (and tests) control on a built server, beyond fastify's own API. */
@@ -144,10 +150,16 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
   if (!config.healthOnMetricsListener) app.register(healthPlugin, { health, metrics });
   if (documentRoot !== undefined) app.register(staticPlugin, { root: documentRoot, metrics, log: app.log });
   let metricsServer: MetricsServer | undefined;
-  if (metrics !== undefined && config.prometheusListenAddr !== undefined) {
+  if (metrics !== undefined && opts.clusterWorker) {
+    const stop = answerMetricsRequests(metrics.registry);
+    app.addHook('onClose', (_app, done) => {
+      stop();
+      done();
+    });
+  } else if (metrics !== undefined && config.prometheusListenAddr !== undefined) {
     const server = createMetricsServer({
       addr: config.prometheusListenAddr,
-      metrics,
+      registry: metrics.registry,
       health: config.healthOnMetricsListener ? health : undefined,
       log: app.log,
     });
@@ -171,19 +183,6 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     done();
   });
   return app;
-}
-
-/** `document_root` must be a readable directory: a `ConfigError` (exit code 2) otherwise. */
-function checkDocumentRoot(dir: string): string {
-  let isDirectory: boolean;
-  try {
-    isDirectory = statSync(dir).isDirectory();
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code ?? 'unknown error';
-    throw new ConfigError(`${dir}: cannot read document_root: ${code === 'ENOENT' ? 'no such directory' : code}`, { cause: err });
-  }
-  if (!isDirectory) throw new ConfigError(`${dir}: document_root is not a directory`);
-  return dir;
 }
 
 /**

@@ -31,7 +31,7 @@ describe('the batched log destination', () => {
     const spy = vi.spyOn(fs, 'writeSync');
     syncBuiltinESMExports();
     dest.flushSync();
-    for (const call of spy.mock.calls) writes.push((call[1] as Buffer).length);
+    for (const call of spy.mock.calls) writes.push((call[1] as unknown as Buffer).length);
     spy.mockRestore();
     syncBuiltinESMExports();
     expect(readFileSync(file, 'utf8')).toBe([...lines.slice(0, 20), long, ...lines.slice(20)].join(''));
