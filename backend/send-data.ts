@@ -1,0 +1,110 @@
+import { isAbsolute } from 'node:path';
+
+/** A response header that hands work to Outrider: set it on a 200 with an empty body. */
+export interface OutriderHeader {
+  readonly name: string;
+  readonly value: string;
+}
+
+export const SEND_DATA_HEADER = 'Gitlab-Workhorse-Send-Data';
+export const SENDFILE_HEADER = 'X-Sendfile';
+
+export interface ScaledImageOptions {
+  /** An absolute path, or an `http(s)://` URL Outrider fetches (through its `[outbound]` allow-list). */
+  location: string;
+  /** The width to scale to, an integer of at least 1 (Outrider serves the original above `max_width`). */
+  width: number;
+  /** The image's type, as Workhorse requires it: `image/png` or `image/jpeg`. */
+  contentType: string;
+}
+
+/**
+ * `Gitlab-Workhorse-Send-Data: send-scaled-img:…`: Outrider scales the image at `location` to
+ * `width` (or serves the original when scaling would not help) and answers revalidations with 304.
+ */
+export function sendScaledImage({ location, width, contentType }: ScaledImageOptions): OutriderHeader {
+  if (!isAbsolute(location) && !/^https?:\/\//i.test(location)) {
+    throw new TypeError(`sendScaledImage: location must be an absolute path or an http(s) URL, got ${JSON.stringify(location)}`);
+  }
+  if (!Number.isInteger(width) || width < 1) throw new RangeError(`sendScaledImage: width must be an integer of at least 1, got ${width}`);
+  if (contentType === '') throw new TypeError('sendScaledImage: contentType must be set');
+  return sendData('send-scaled-img:', { Location: location, Width: width, ContentType: contentType });
+}
+
+/** `X-Sendfile: <path>`: Outrider serves the file (ranges, `If-Modified-Since`), the backend's Content-Type kept. */
+export function sendFile(path: string): OutriderHeader {
+  if (!isAbsolute(path)) throw new TypeError(`sendFile: the path must be absolute, got ${JSON.stringify(path)}`);
+  return { name: SENDFILE_HEADER, value: path };
+}
+
+export interface SendUrlOptions {
+  /** Follow the origin's redirects. Default false, as Workhorse. */
+  allowRedirects?: boolean;
+}
+
+/** `Gitlab-Workhorse-Send-Data: send-url:…`: Outrider GETs `url` and streams the answer to the client. */
+export function sendUrl(url: string, options: SendUrlOptions = {}): OutriderHeader {
+  if (!/^https?:\/\//i.test(url)) throw new TypeError(`sendUrl: the URL must be http(s), got ${JSON.stringify(url)}`);
+  return sendData('send-url:', { URL: url, AllowRedirects: options.allowRedirects === true });
+}
+
+/** `<prefix>` + base64 of the JSON, URL-safe alphabet with padding: what Rails writes and Go's strict decoder wants. */
+function sendData(prefix: string, params: Record<string, unknown>): OutriderHeader {
+  const encoded = Buffer.from(JSON.stringify(params)).toString('base64').replace(/\+/g, '-').replace(/\//g, '_');
+  return { name: SEND_DATA_HEADER, value: `${prefix}${encoded}` };
+}
+
+/** What `authorizeResponse` builds: the answer Outrider trusts at `<path>/authorize`. */
+export interface OutriderAnswer {
+  readonly statusCode: number;
+  readonly contentType: string;
+  readonly body: string;
+}
+
+/** A node:http `ServerResponse` (Express's `res` is one). */
+interface NodeResponse {
+  statusCode: number;
+  setHeader(name: string, value: string): unknown;
+  end(body?: string): unknown;
+}
+/** A fastify `reply`. */
+interface FastifyLikeReply {
+  code(statusCode: number): unknown;
+  header(name: string, value: string): unknown;
+  send(body?: string): unknown;
+}
+
+/**
+ * Answers a request with what Outrider needs: status 200, the header (or the authorize answer's
+ * content type and body), and `headers` besides (Content-Type, Cache-Control…, which Outrider
+ * keeps). Works with a node:http or Express `res` and a fastify `reply`; returns it.
+ */
+export function respond<R extends NodeResponse | FastifyLikeReply>(
+  res: R,
+  answer: OutriderHeader | OutriderAnswer,
+  headers: Record<string, string> = {},
+): R {
+  const all: [string, string][] = Object.entries(headers);
+  const statusCode = 'statusCode' in answer ? answer.statusCode : 200;
+  if ('name' in answer) all.push([answer.name, answer.value]);
+  else all.push(['Content-Type', answer.contentType]);
+  const body = 'body' in answer ? answer.body : '';
+  if (isFastifyReply(res)) {
+    res.code(statusCode);
+    for (const [name, value] of all) res.header(name, value);
+    res.send(body);
+  } else {
+    res.statusCode = statusCode;
+    for (const [name, value] of all) res.setHeader(name, value);
+    res.end(body);
+  }
+  return res;
+}
+
+function isFastifyReply(res: NodeResponse | FastifyLikeReply): res is FastifyLikeReply {
+  return (
+    'raw' in res &&
+    typeof (res as Partial<FastifyLikeReply>).code === 'function' &&
+    typeof (res as Partial<FastifyLikeReply>).send === 'function'
+  );
+}
