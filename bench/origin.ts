@@ -1,12 +1,16 @@
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
-import { avatarFiles } from './images.js';
+import { avatarFiles, COPIES } from './images.js';
 
 /**
  * The benchmark backend, run as its own process: a plain node:http server, the kind of backend
  * Outrider is put in front of. Prints its port once listening.
  * - `/1k`: a fixed 1 KiB body.
- * - `/avatar.png?width=N`, `/avatar.jpg?width=N`: 200 with a send-scaled-img directive, as Rails does.
+ * - `/avatar.png?width=N`, `/avatar.jpg?width=N`: 200 with a send-scaled-img directive, as Rails does;
+ *   `&copy=K` names one of COPIES distinct copies of the file (cold scaling: no two requests alike).
+ * - `/sendfile/avatar.png`: 200 with `X-Sendfile` naming the PNG original.
+ * - `/uploads/...`: an upload sink that reads the whole body and answers 200 (Outrider's rewritten
+ *   form, or the raw multipart body when hit directly).
  * - `/static/avatar.png|jpg`: the 400 px originals themselves (for nginx's image_filter).
  */
 const oneKiB = Buffer.alloc(1024, 'x');
@@ -16,8 +20,9 @@ const originals = { png: readFileSync(files.png), jpg: readFileSync(files.jpg) }
 /** The directive per request target, made once: an avatar answer costs the backend what a 1 KiB one does. */
 const directives = new Map<string, string>();
 function directiveFor(url: URL, ext: 'png' | 'jpg'): string {
+  const copy = url.searchParams.get('copy');
   const directive = {
-    Location: files[ext],
+    Location: copy === null ? files[ext] : files.copies[ext][Number(copy) % COPIES],
     Width: Number(url.searchParams.get('width') ?? 64),
     ContentType: ext === 'png' ? 'image/png' : 'image/jpeg',
   };
@@ -25,8 +30,18 @@ function directiveFor(url: URL, ext: 'png' | 'jpg'): string {
 }
 
 const server = createServer((req, res) => {
-  req.resume();
   const target = req.url ?? '/';
+  if (target.startsWith('/uploads/')) {
+    req.resume();
+    req.on('end', () => res.end('stored'));
+    return;
+  }
+  req.resume();
+  if (target === '/sendfile/avatar.png') {
+    res.writeHead(200, { 'x-sendfile': files.png, 'content-type': 'image/png' });
+    res.end();
+    return;
+  }
   // Every route parses its URL, as a framework's router would.
   const url = new URL(target, 'http://origin');
   const ext = url.pathname.endsWith('.png') ? 'png' : 'jpg';

@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -6,7 +7,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 import { render } from '../scaler/scale.js';
-import { avatarFiles } from './images.js';
+import { avatarFiles, COPIES } from './images.js';
 import { type Scenario, scenarios } from './scenarios.js';
 
 /**
@@ -61,10 +62,14 @@ async function startEdge(originPort: number, name: string, extraToml = '', nodeA
   // Scaling requests wait for a slot (up to 10 s) instead of falling back to the original, so the
   // scale scenarios measure scaling itself; their 8 connections fit 2 running + 8 waiting. The
   // main instance scales every request (cache off: cold scaling); "warm" keeps the default cache.
-  const base = `listen_addr = "127.0.0.1:${port}"\nauth_backend = "http://127.0.0.1:${originPort}"\n`;
+  // An accelerated upload route (no pre-authorization: files go to a temp dir, all four digests).
+  const secretPath = join(tmpdir(), `outrider-bench-${process.pid}.secret`);
+  writeFileSync(secretPath, randomBytes(32).toString('base64'), { mode: 0o600 });
+  const uploads = `[uploads]\ntemp_dir = "${join(tmpdir(), `outrider-bench-${process.pid}-${name}-uploads`)}"\n[[uploads.routes]]\nmethod = "POST"\npath = "^/uploads/"\npreauthorize = false\n`;
+  const base = `listen_addr = "127.0.0.1:${port}"\nauth_backend = "http://127.0.0.1:${originPort}"\nsecret_path = "${secretPath}"\n`;
   const cache = name === 'warm' ? '' : 'cache_max_bytes = 0\n';
   const scaler = extraToml.includes('[image_resizer]') ? '' : `[image_resizer]\nmax_scaler_wait = "10s"\n${cache}`;
-  writeFileSync(configPath, `${base}${extraToml}\n${scaler}`);
+  writeFileSync(configPath, `${base}${extraToml}\n${scaler}\n${uploads}`);
   // Access logs stay on (a production setting) and go to /dev/null.
   const args = nodeArgs.split(' ').filter(Boolean);
   const child = spawn(process.execPath, [...args, cli, '--config', configPath], { stdio: ['ignore', 'ignore', 'inherit'] });
@@ -137,26 +142,60 @@ function cpuMs(pid: number | undefined): number | undefined {
 
 type Procs = Record<Scenario['target'], { port: number; pid: number | undefined }>;
 
+/** A one-file multipart body of `size` bytes, made once per size. */
+const uploadBodies = new Map<number, { body: Buffer; contentType: string }>();
+function uploadBody(size: number): { body: Buffer; contentType: string } {
+  let made = uploadBodies.get(size);
+  if (made === undefined) {
+    const boundary = 'outrider-bench-boundary';
+    const head = Buffer.from(
+      `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="bench.bin"\r\nContent-Type: application/octet-stream\r\n\r\n`,
+    );
+    const tail = Buffer.from(`\r\n--${boundary}--\r\n`);
+    made = { body: Buffer.concat([head, randomBytes(size), tail]), contentType: `multipart/form-data; boundary=${boundary}` };
+    uploadBodies.set(size, made);
+  }
+  return made;
+}
+
+/** autocannon's options for a scenario: its method, headers, upload body and rotating path. */
+function cannonOptions(s: Scenario, port: number, seconds: number): autocannon.Options {
+  const upload = s.uploadBytes === undefined ? undefined : uploadBody(s.uploadBytes);
+  const headers = { ...s.headers, ...(upload === undefined ? {} : { 'content-type': upload.contentType }) };
+  let copy = 0;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    connections: s.connections,
+    duration: seconds,
+    // A 100 MiB upload takes a while on a busy loopback.
+    timeout: 60,
+    requests: [
+      {
+        method: s.method ?? 'GET',
+        path: s.path.replace('{copy}', '0'),
+        headers,
+        ...(upload === undefined ? {} : { body: upload.body }),
+        ...(s.path.includes('{copy}')
+          ? { setupRequest: (req) => ({ ...req, path: s.path.replace('{copy}', String(copy++ % COPIES)) }) }
+          : {}),
+      },
+    ],
+  };
+}
+
 async function runOne(s: Scenario, procs: Procs): Promise<Sample> {
   const { port, pid } = procs[s.target];
-  const sampleRes = await fetch(`http://127.0.0.1:${port}${s.path}`, { headers: s.headers });
+  const upload = s.uploadBytes === undefined ? undefined : uploadBody(s.uploadBytes);
+  const sampleRes = await fetch(`http://127.0.0.1:${port}${s.path.replace('{copy}', '0')}`, {
+    method: s.method ?? 'GET',
+    headers: { ...s.headers, ...(upload === undefined ? {} : { 'content-type': upload.contentType }) },
+    body: upload?.body,
+  });
   const bodyBytes = (await sampleRes.arrayBuffer()).byteLength;
   // A short unrecorded warm-up, so the JIT and connection pools are warm for every scenario alike.
-  await autocannon({
-    url: `http://127.0.0.1:${port}${s.path}`,
-    method: s.method ?? 'GET',
-    headers: s.headers,
-    connections: s.connections,
-    duration: 1,
-  });
+  await autocannon(cannonOptions(s, port, 1));
   const before = cpuMs(pid);
-  const result = await autocannon({
-    url: `http://127.0.0.1:${port}${s.path}`,
-    method: s.method ?? 'GET',
-    headers: s.headers,
-    connections: s.connections,
-    duration,
-  });
+  const result = await autocannon(cannonOptions(s, port, duration));
   const after = cpuMs(pid);
   const total = result.requests.total;
   return {
@@ -257,6 +296,7 @@ async function main(): Promise<void> {
       'p50 ms': median(xs.map((x) => x.p50)),
       'p99 ms': median(xs.map((x) => x.p99)),
       'body bytes': median(xs.map((x) => x.bodyBytes)),
+      'upload MiB/s': s.uploadBytes === undefined ? '' : Math.round((median(xs.map((x) => x.requests)) * s.uploadBytes) / 1024 / 1024),
       ratio: r === undefined ? '' : `${median(r).toFixed(2)}x ${s.baseline}`,
       'proxy req/CPU-s': cpu.length > 0 ? Math.round(1_000_000 / median(cpu)) : '',
       'errors+non2xx': xs.reduce((n, x) => n + x.errors + x.non2xx, 0),

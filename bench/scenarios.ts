@@ -8,8 +8,11 @@ export interface Scenario {
    * forward (bench/bare-proxy.ts, the floor for a Node proxy); `nginx` through nginx (when installed).
    */
   target: 'direct' | 'edge' | 'edge-warm' | 'edge-b' | 'bare' | 'nginx';
+  /** `{copy}` in the path is replaced by a counter (mod COPIES) on every request: no two alike. */
   path: string;
   method?: 'GET' | 'POST' | 'PUT';
+  /** A multipart/form-data upload of one file of this many bytes, sent with every request. */
+  uploadBytes?: number;
   connections: number;
   /** The scenario whose requests/s this one is compared with, measured in the same round. */
   baseline?: string;
@@ -18,14 +21,18 @@ export interface Scenario {
   expectStatus?: number;
 }
 
+const MiB = 1024 * 1024;
+
 export const scenarios: Scenario[] = [
   { name: 'direct-1k', target: 'direct', path: '/1k', connections: 50 },
   { name: 'proxy-1k', target: 'edge', path: '/1k', connections: 50, baseline: 'direct-1k' },
   { name: 'proxy-b-1k', target: 'edge-b', path: '/1k', connections: 50, baseline: 'direct-1k' },
   { name: 'bare-node-1k', target: 'bare', path: '/1k', connections: 50, baseline: 'direct-1k' },
-  { name: 'scale-png-64', target: 'edge', path: '/avatar.png?width=64', connections: 8 },
+  { name: 'nginx-1k', target: 'nginx', path: '/1k', connections: 50, baseline: 'direct-1k' },
+  // Cold scaling: the cache is off and every request names another copy, so each one runs sharp.
+  { name: 'scale-png-64', target: 'edge', path: '/avatar.png?width=64&copy={copy}', connections: 8 },
   { name: 'nginx-png-64', target: 'nginx', path: '/nginx-scale/avatar.png', connections: 8, baseline: 'scale-png-64' },
-  { name: 'scale-jpeg-64', target: 'edge', path: '/avatar.jpg?width=64', connections: 8 },
+  { name: 'scale-jpeg-64', target: 'edge', path: '/avatar.jpg?width=64&copy={copy}', connections: 8 },
   { name: 'nginx-jpeg-64', target: 'nginx', path: '/nginx-scale/avatar.jpg', connections: 8, baseline: 'scale-jpeg-64' },
   {
     name: 'scale-304',
@@ -36,7 +43,31 @@ export const scenarios: Scenario[] = [
     headers: { 'if-modified-since': 'Fri, 01 Jan 2100 00:00:00 GMT' },
     expectStatus: 304,
   },
+  // Warm: the default cache, the same avatar again and again.
   { name: 'warm-png-64', target: 'edge-warm', path: '/avatar.png?width=64', connections: 50, baseline: 'proxy-1k' },
   { name: 'warm-jpeg-64', target: 'edge-warm', path: '/avatar.jpg?width=64', connections: 50, baseline: 'proxy-1k' },
-  { name: 'nginx-1k', target: 'nginx', path: '/1k', connections: 50, baseline: 'direct-1k' },
+  // The 114 KB PNG original: from the backend itself, then by X-Sendfile through Outrider.
+  { name: 'direct-png-114k', target: 'direct', path: '/static/avatar.png', connections: 50 },
+  { name: 'sendfile-png-114k', target: 'edge', path: '/sendfile/avatar.png', connections: 50, baseline: 'direct-png-114k' },
+  // Uploads: straight to the backend's sink, then through Outrider's accelerated route (stored to disk, all four digests).
+  { name: 'direct-upload-1m', target: 'direct', path: '/uploads/1m', method: 'POST', uploadBytes: MiB, connections: 8 },
+  {
+    name: 'upload-1m',
+    target: 'edge',
+    path: '/uploads/1m',
+    method: 'POST',
+    uploadBytes: MiB,
+    connections: 8,
+    baseline: 'direct-upload-1m',
+  },
+  { name: 'direct-upload-100m', target: 'direct', path: '/uploads/100m', method: 'POST', uploadBytes: 100 * MiB, connections: 2 },
+  {
+    name: 'upload-100m',
+    target: 'edge',
+    path: '/uploads/100m',
+    method: 'POST',
+    uploadBytes: 100 * MiB,
+    connections: 2,
+    baseline: 'direct-upload-100m',
+  },
 ];
