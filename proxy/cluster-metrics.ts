@@ -100,7 +100,8 @@ export function createClusterMetrics(workers: () => Worker[]): ClusterMetrics {
       for (const worker of workers()) {
         if (!worker.isConnected()) continue;
         scrape.waiting.add(worker.id);
-        worker.send({ type: REQUEST, id } satisfies MetricsRequest);
+        // An exiting worker's send fails: its 'exit' event drops it from the scrape.
+        worker.send({ type: REQUEST, id } satisfies MetricsRequest, () => undefined);
       }
       if (scrape.waiting.size === 0) scrape.done();
     });

@@ -119,6 +119,8 @@ export async function runPrimary(config: Config, logger: Logger): Promise<void> 
     slot.worker = worker;
     slot.startedAt = performance.now();
     slot.ready = false;
+    // A fork that fails (EAGAIN, ENOMEM) is followed by its 'exit' event: replaced like a crash.
+    worker.on('error', (err: Error) => logger.error({ err, worker: worker.id }, 'worker process error'));
     worker.on('message', (message: unknown) => {
       if (isMessage<{ type: typeof READY; listen: string }>(message, READY)) ready(slot, worker, message.listen);
     });

@@ -123,7 +123,9 @@ describe('workers > 1 (node:cluster)', () => {
 
     // Four requests on four connections: round-robin puts two on each worker.
     const clients = Array.from({ length: 4 }, () => new Client(`http://${edge.listen}`));
-    onTestFinished(() => Promise.all(clients.map((c) => c.destroy())));
+    onTestFinished(async () => {
+      await Promise.all(clients.map((c) => c.destroy()));
+    });
     const inFlight = clients.map((c) =>
       c.request({ path: '/hold', method: 'GET' }).then(
         async (r) => ({ ok: true, body: await r.body.text(), at: Date.now() }),
@@ -192,7 +194,9 @@ describe('workers > 1 (node:cluster)', () => {
     expect(edge.ready.workers).toBe(2);
     const url = `http://${edge.listen}`;
     const clients = [new Client(url), new Client(url)];
-    onTestFinished(() => Promise.all(clients.map((c) => c.destroy())));
+    onTestFinished(async () => {
+      await Promise.all(clients.map((c) => c.destroy()));
+    });
     const inFlight = clients.map((c) =>
       c.request({ path: '/slow', method: 'GET' }).then(async (r) => ({ status: r.statusCode, body: await r.body.text() })),
     );
