@@ -175,7 +175,9 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
       size,
       // From the magic bytes; null: they matched nothing; undefined: the original was not read.
       contentType: format === undefined ? undefined : format === null ? 'application/octet-stream' : CONTENT_TYPES[format],
-      lastModified: modified,
+      // Busy is a moment's state: without a validator a browser cannot revalidate this original into
+      // a 304 and keep it in place of the scaled image; it asks again next time.
+      lastModified: reason === 'busy' ? undefined : modified,
       ...(error === undefined ? {} : { error }),
     });
     // The first chunk opens the source (a file that vanished fails here, before any header is
