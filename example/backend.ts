@@ -1,13 +1,26 @@
-import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { copyFile, open, rename, unlink } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
-import { basename, dirname, extname, join, resolve } from 'node:path';
-import { Readable } from 'node:stream';
+import { basename, extname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
+// Everything the backend says to Outrider, and every check on what Outrider says, goes through the
+// toolkit (`outrider/backend` once installed): no JWT or base64 code of its own.
+import {
+  authorizeResponse,
+  OutriderVerificationError,
+  readFields,
+  respond,
+  sendFile,
+  sendScaledImage,
+  sendUrl,
+  type UploadedFile,
+  verifyApiRequest,
+  verifyUploadFields,
+} from '../backend/index.js';
 
 /** Files the example hands to Outrider with X-Sendfile (example/files, from source or dist/). */
 const FILES = fileURLToPath(new URL(import.meta.url.includes('/dist/') ? '../../example/files/' : './files/', import.meta.url));
@@ -20,6 +33,8 @@ export interface ExampleBackendOptions {
    * until the backend has moved them. Default: `<tmpdir>/outrider-example-uploads`.
    */
   uploadTempDir?: string;
+  /** Where the avatars are (see `prepareAvatars`), uploads included. Default: `<tmpdir>/outrider-example-avatars`. */
+  avatarDir?: string;
 }
 
 /**
@@ -27,13 +42,15 @@ export interface ExampleBackendOptions {
  * sees behind Outrider (the Workhorse headers), and what Outrider does with its answers.
  */
 export function createExampleBackend(options: ExampleBackendOptions): Server {
+  const avatarDir = resolve(options.avatarDir ?? DEFAULT_AVATAR_DIR);
   const all: Record<string, Route> = {
     ...routes,
-    ...uploadRoutes(options.secret, resolve(options.uploadTempDir ?? join(tmpdir(), 'outrider-example-uploads'))),
+    '/': (req, res) => home(req, res, avatarDir),
+    ...uploadRoutes(options.secret, resolve(options.uploadTempDir ?? join(tmpdir(), 'outrider-example-uploads')), avatarDir),
   };
   return createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
-    if (path.startsWith('/avatars/')) return void avatar(req, res, path.slice('/avatars/'.length));
+    if (path.startsWith('/avatars/')) return void avatar(req, res, avatarDir, path.slice('/avatars/'.length));
     const route = all[path];
     if (route === undefined) {
       res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' }).end('Not found\n');
@@ -45,32 +62,64 @@ export function createExampleBackend(options: ExampleBackendOptions): Server {
 
 type Route = (req: IncomingMessage, res: ServerResponse) => void;
 
-const routes: Record<string, Route> = {
-  '/': (req, res) => {
-    const behind =
-      req.headers['gitlab-workhorse'] === undefined
-        ? 'directly (not through Outrider)'
-        : `through Outrider ${req.headers['gitlab-workhorse']}`;
-    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
-    res.end(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Outrider example backend</title></head>
+/** The widths the home page shows each avatar at (each also asks for twice as many pixels on high-density screens). */
+export const HOME_WIDTHS = [16, 24, 32, 48, 64, 96, 160];
+
+/** The avatar at `width` CSS pixels: scaled by Outrider, twice the width for 2x screens (the original when 2x is not an allowed width). */
+function avatarImg(name: string, width: number): string {
+  const src = `/avatars/${name}`;
+  const hidpi = AVATAR_WIDTHS.has(2 * width) ? `${src}?width=${2 * width}` : src;
+  return `<img src="${src}?width=${width}" srcset="${hidpi} 2x" width="${width}" alt="${name} at ${width} px" loading="eager">`;
+}
+
+function home(req: IncomingMessage, res: ServerResponse, avatarDir: string): void {
+  const behind =
+    req.headers['gitlab-workhorse'] === undefined
+      ? 'directly (not through Outrider)'
+      : `through Outrider ${req.headers['gitlab-workhorse']}`;
+  const rows = listAvatars(avatarDir)
+    .map(escapeHtml)
+    .map(
+      (a) =>
+        `    <tr><th scope="row"><a href="/avatars/${a}">${a}</a></th>${HOME_WIDTHS.map((w) => `<td>${avatarImg(a, w)}</td>`).join('')}</tr>`,
+    )
+    .join('\n');
+  res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-cache' });
+  res.end(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Outrider example backend</title>
+<style>
+  body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #0f172a; }
+  table.avatars { border-collapse: collapse; }
+  table.avatars th, table.avatars td { padding: 4px 10px; text-align: center; vertical-align: middle; border-bottom: 1px solid #e2e8f0; }
+  table.avatars th[scope=row] { text-align: left; font-weight: normal; }
+  table.avatars img { height: auto; display: block; margin: 0 auto; }
+  form.upload { margin: 1rem 0; padding: .75rem; border: 1px solid #cbd5e1; border-radius: 6px; display: inline-block; }
+</style></head>
 <body>
 <h1>Outrider example backend</h1>
 <p>You reached this page ${escapeHtml(behind)}.</p>
+<h2>Avatars</h2>
+<p>Scaled by Outrider when the backend asks (<code>send-scaled-img</code>), at each width below and at twice it on
+high-density screens (<code>srcset</code>); the name links to the original (<code>X-Sendfile</code>). A reload revalidates
+each image with <code>If-Modified-Since</code>, and Outrider answers 304 without scaling it again.</p>
+<table class="avatars">
+  <thead><tr><th>avatar</th>${HOME_WIDTHS.map((w) => `<th>${w} px</th>`).join('')}</tr></thead>
+  <tbody>
+${rows}
+  </tbody>
+</table>
+<form class="upload" method="post" action="/uploads/avatar" enctype="multipart/form-data">
+  <label>Add an avatar (PNG or JPEG, at most 5 MiB): <input type="file" name="avatar" accept="image/png,image/jpeg" required></label>
+  <button>Upload</button>
+  <br><small>Outrider asks the backend first, stores the file while it streams in and forwards only signed fields
+  (accelerated upload); the backend checks them and moves the file. Also at <a href="/upload">/upload</a>.</small>
+</form>
+<h2>More to try</h2>
 <ul>
   <li><a href="/hello">/hello</a>: a plain response, proxied</li>
   <li><a href="/headers">/headers</a>: the request headers the backend received (Gitlab-Workhorse, X-Forwarded-For, X-Request-Id…)</li>
   <li><a href="/stream">/stream</a>: a response written line by line over two seconds, relayed as it is written</li>
-  <li>Avatars, scaled by Outrider when the backend asks (<code>send-scaled-img</code>), the original otherwise (<code>X-Sendfile</code>):<br>
-    ${listAvatars()
-      .map(escapeHtml)
-      .map(
-        (a) =>
-          `<a href="/avatars/${a}"><img src="/avatars/${a}?width=64" srcset="/avatars/${a}?width=64 1x, /avatars/${a}?width=160 2x" width="64" height="64" alt="${a}"></a>`,
-      )
-      .join(' ')}
-    <br><a href="/avatars/ada.png?width=40">ada.png?width=40</a>, <a href="/avatars/grace.jpg?width=96">grace.jpg?width=96</a></li>
-  <li><a href="/upload">/upload</a>: upload an avatar; Outrider stores the file, the backend only moves it (accelerated upload)</li>
+  <li><a href="/avatars/ada.png?width=40">ada.png?width=40</a>, <a href="/avatars/grace.jpg?width=96">grace.jpg?width=96</a>: one scaled avatar</li>
   <li><a href="/files/hello.txt">/files/hello.txt</a>: the backend answers with <code>X-Sendfile</code>; Outrider serves the file (try a <code>Range</code> header)</li>
   <li><a href="/mirror">/mirror</a>: the backend answers with <code>send-url</code> pointing at its own <code>/hello</code>; Outrider fetches and streams it</li>
   <li><a href="/internal">/internal</a>: an internal API answer, which Outrider refuses to pass to a client (500)</li>
@@ -81,8 +130,9 @@ const routes: Record<string, Route> = {
 </form>
 </body></html>
 `);
-  },
+}
 
+const routes: Record<string, Route> = {
   '/hello': (_req, res) => {
     res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8' }).end('Hello from the example backend\n');
   },
@@ -128,13 +178,12 @@ const routes: Record<string, Route> = {
 
   '/files/hello.txt': (_req, res) => {
     // The backend decides who may download what; Outrider does the sending.
-    res.writeHead(200, { 'x-sendfile': `${FILES}hello.txt`, 'content-type': 'text/plain; charset=utf-8' }).end();
+    respond(res, sendFile(`${FILES}hello.txt`), { 'content-type': 'text/plain; charset=utf-8' });
   },
 
   '/mirror': (req, res) => {
     const { port } = req.socket.address() as AddressInfo;
-    const data = Buffer.from(JSON.stringify({ URL: `http://127.0.0.1:${port}/hello`, AllowRedirects: false })).toString('base64url');
-    res.writeHead(200, { 'gitlab-workhorse-send-data': `send-url:${data}`, 'cache-control': 'private, max-age=60' }).end();
+    respond(res, sendUrl(`http://127.0.0.1:${port}/hello`), { 'cache-control': 'private, max-age=60' });
   },
 
   '/upload': (_req, res) => {
@@ -165,16 +214,16 @@ and moves the file into the avatars.</p>
 const AVATAR_WIDTHS = new Set([16, 20, 23, 24, 26, 32, 36, 38, 40, 48, 60, 64, 90, 96, 120, 160]);
 /** The avatars the example starts with; uploads join them in the same directory. */
 const STARTER_AVATARS = ['ada.png', 'grace.jpg', 'linus.png'];
-const AVATAR_DIR = join(tmpdir(), 'outrider-example-avatars');
+const DEFAULT_AVATAR_DIR = join(tmpdir(), 'outrider-example-avatars');
 /** What an avatar's file name may look like: the only names served, and what uploads are renamed to. */
 const AVATAR_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]*\.(png|jpe?g)$/i;
 
 /** Makes the example's 400x400 avatars once (a coloured disc on a gradient, PNG or JPEG). */
-export async function prepareAvatars(): Promise<string> {
-  mkdirSync(AVATAR_DIR, { recursive: true });
+export async function prepareAvatars(dir: string = DEFAULT_AVATAR_DIR): Promise<string> {
+  mkdirSync(dir, { recursive: true });
   const colours: Record<string, string> = { 'ada.png': '#7c3aed', 'grace.jpg': '#059669', 'linus.png': '#dc2626' };
   for (const name of STARTER_AVATARS) {
-    const file = join(AVATAR_DIR, name);
+    const file = join(dir, name);
     if (existsSync(file)) continue;
     const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="400" height="400">
       <defs><linearGradient id="g" x1="0" y1="0" x2="1" y2="1"><stop offset="0" stop-color="#f8fafc"/><stop offset="1" stop-color="#94a3b8"/></linearGradient></defs>
@@ -183,18 +232,18 @@ export async function prepareAvatars(): Promise<string> {
     const image = sharp(Buffer.from(svg));
     await (name.endsWith('.png') ? image.png() : image.jpeg({ quality: 90 })).toFile(file);
   }
-  return AVATAR_DIR;
+  return dir;
 }
 
 /** The avatars on disk, oldest first: the starters, then uploads in the order they came. */
-function listAvatars(): string[] {
+function listAvatars(dir: string): string[] {
   let names: string[];
   try {
-    names = readdirSync(AVATAR_DIR).filter((name) => AVATAR_NAME.test(name));
+    names = readdirSync(dir).filter((name) => AVATAR_NAME.test(name));
   } catch {
     return [];
   }
-  const mtimes = new Map(names.map((name) => [name, statSync(join(AVATAR_DIR, name), { throwIfNoEntry: false })?.mtimeMs ?? 0]));
+  const mtimes = new Map(names.map((name) => [name, statSync(join(dir, name), { throwIfNoEntry: false })?.mtimeMs ?? 0]));
   return names.sort((a, b) => (mtimes.get(a) ?? 0) - (mtimes.get(b) ?? 0) || a.localeCompare(b));
 }
 
@@ -203,21 +252,16 @@ function listAvatars(): string[] {
  * directive and no body; without one, with X-Sendfile for the original. Authorization and caching
  * policy stay with the backend; Outrider does the bytes.
  */
-function avatar(req: IncomingMessage, res: ServerResponse, name: string): void {
-  const location = join(AVATAR_DIR, name);
+function avatar(req: IncomingMessage, res: ServerResponse, dir: string, name: string): void {
+  const location = join(dir, name);
   if (!AVATAR_NAME.test(name) || statSync(location, { throwIfNoEntry: false })?.isFile() !== true) {
     return void res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' }).end('No such avatar\n');
   }
   const contentType = name.toLowerCase().endsWith('.png') ? 'image/png' : 'image/jpeg';
   const width = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('width'));
-  const headers: Record<string, string> = { 'content-type': contentType, 'cache-control': 'max-age=0, private, must-revalidate' };
-  if (AVATAR_WIDTHS.has(width)) {
-    const directive = Buffer.from(JSON.stringify({ Location: location, Width: width, ContentType: contentType })).toString('base64url');
-    headers['gitlab-workhorse-send-data'] = `send-scaled-img:${directive}`;
-  } else {
-    headers['x-sendfile'] = location;
-  }
-  res.writeHead(200, headers).end();
+  // Stale at once: browsers revalidate with If-Modified-Since and Outrider answers 304 (GitLab's policy).
+  const headers = { 'content-type': contentType, 'cache-control': 'max-age=0, private, must-revalidate' };
+  respond(res, AVATAR_WIDTHS.has(width) ? sendScaledImage({ location, width, contentType }) : sendFile(location), headers);
 }
 
 /*
@@ -228,34 +272,10 @@ function avatar(req: IncomingMessage, res: ServerResponse, name: string): void {
 
 /** Bytes allowed per avatar (the authorize answer's MaximumSize): Outrider refuses more with 413. */
 const AVATAR_MAX_BYTES = 5 * 1024 * 1024;
-/** How old a Gitlab-Workhorse-Api-Request token may be (GitLab's API_REQUEST_JWT_VALIDITY). */
-const API_REQUEST_VALIDITY_S = 90;
 /** The rewritten body holds fields only (no file bytes): it is small and read whole. */
 const FORM_LIMIT = 64 * 1024;
 
-/**
- * Verifies an HS256 JSON Web Token signed by Outrider (or GitLab Workhorse) with the shared secret
- * and returns its claims, or undefined when it is malformed, not HS256, badly signed or not issued
- * by "gitlab-workhorse". Nothing but node:crypto: the same dozen lines in any language.
- */
-export function verifyWorkhorseJwt(token: string, secret: Buffer): Record<string, unknown> | undefined {
-  const [header, payload, signature, ...rest] = token.split('.');
-  if (header === undefined || payload === undefined || signature === undefined || rest.length > 0) return undefined;
-  // Compare the text: base64url decoding is lenient, so only the canonical signature is accepted.
-  const expected = Buffer.from(createHmac('sha256', secret).update(`${header}.${payload}`).digest('base64url'));
-  const given = Buffer.from(signature);
-  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return undefined;
-  try {
-    const { alg } = JSON.parse(Buffer.from(header, 'base64url').toString('utf8')) as { alg?: unknown };
-    const claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as unknown;
-    if (alg !== 'HS256' || typeof claims !== 'object' || claims === null) return undefined;
-    return (claims as { iss?: unknown }).iss === 'gitlab-workhorse' ? (claims as Record<string, unknown>) : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-function uploadRoutes(secret: Buffer, tempPath: string): Record<string, Route> {
+function uploadRoutes(secret: Buffer, tempPath: string, avatarDir: string): Record<string, Route> {
   const refuse = (res: ServerResponse, status: number, message: string) => {
     res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8' }).end(`${message}\n`);
   };
@@ -263,22 +283,21 @@ function uploadRoutes(secret: Buffer, tempPath: string): Record<string, Route> {
     // Outrider asks before it reads a byte of the file: same method, path + /authorize, no body.
     '/uploads/avatar/authorize': (req, res) => {
       if (req.method !== 'POST') return void res.writeHead(405, { allow: 'POST' }).end();
-      const token = req.headers['gitlab-workhorse-api-request'];
-      const claims = typeof token === 'string' ? verifyWorkhorseJwt(token, secret) : undefined;
-      const age = Math.floor(Date.now() / 1000) - Number(claims?.iat);
-      if (claims === undefined || !(Math.abs(age) <= API_REQUEST_VALIDITY_S)) {
-        return refuse(res, 401, 'Unauthorized: not a fresh request signed by Outrider');
+      try {
+        verifyApiRequest(req.headers, secret); // signed with the shared secret, at most 90 s old
+      } catch (err) {
+        if (!(err instanceof OutriderVerificationError)) throw err;
+        return refuse(res, err.statusCode, 'Unauthorized: not a fresh request signed by Outrider');
       }
       // A real app checks the user here (session, permissions, quota) and answers 401/403 if not:
       // Outrider relays any answer but this one to the client and never stores the file.
-      res.writeHead(200, { 'content-type': 'application/vnd.gitlab-workhorse+json' });
-      res.end(JSON.stringify({ TempPath: tempPath, MaximumSize: AVATAR_MAX_BYTES, UploadHashFunctions: ['sha256'] }));
+      respond(res, authorizeResponse({ tempPath, maximumSize: AVATAR_MAX_BYTES, uploadHashFunctions: ['sha256'] }));
     },
 
     // What arrives after Outrider stored the file: fields only, signed.
     '/uploads/avatar': (req, res) => {
       if (req.method !== 'POST') return void res.writeHead(405, { allow: 'POST' }).end();
-      receiveAvatar(req, secret, tempPath).then(
+      receiveAvatar(req, secret, tempPath, avatarDir).then(
         (outcome) => {
           if ('refused' in outcome) return refuse(res, outcome.status, outcome.refused);
           res.writeHead(303, { location: '/', 'content-type': 'text/plain; charset=utf-8' }).end(`Saved as ${outcome.saved}\n`);
@@ -298,36 +317,27 @@ type Received = { saved: string } | { status: number; refused: string };
  * Checks an upload Outrider forwarded and moves its file into the avatars. The file must be moved
  * (or copied) before the answer: Outrider deletes it once the request is over.
  */
-async function receiveAvatar(req: IncomingMessage, secret: Buffer, tempPath: string): Promise<Received> {
+async function receiveAvatar(req: IncomingMessage, secret: Buffer, tempPath: string, avatarDir: string): Promise<Received> {
   const bad = (refused: string): Received => ({ status: 400, refused: `Bad Request: ${refused}` });
-  // 1. Signed by Outrider? A client cannot forge this header: Outrider drops the client's own.
-  const header = req.headers['gitlab-workhorse-multipart-fields'];
-  const fields = typeof header === 'string' ? verifyWorkhorseJwt(header, secret) : undefined;
-  const rewritten = fields?.rewritten_fields as Record<string, unknown> | undefined;
-  if (typeof rewritten?.avatar !== 'string') return bad('uploads are accepted through Outrider only');
-  if (Number(req.headers['content-length'] ?? Number.POSITIVE_INFINITY) > FORM_LIMIT) {
-    return { status: 413, refused: 'Request Entity Too Large' };
-  }
-  // 2. The rewritten form: avatar.name, avatar.path, avatar.size, avatar.sha256…, all strings.
-  let form: FormData;
+  // 1. The rewritten form: avatar.name, avatar.path, avatar.size, avatar.sha256… (fields only, small).
+  // 2. Signed by Outrider? The header (a client cannot forge it: Outrider drops the client's own), the
+  //    avatar.gitlab-workhorse-upload token, and every plain field equal to its signed value.
+  // 3. Only a file in the directory this backend handed out.
+  let file: UploadedFile | undefined;
   try {
-    form = await new Response(Readable.toWeb(req) as ReadableStream, {
-      headers: { 'content-type': req.headers['content-type'] ?? '' },
-    }).formData();
-  } catch {
-    return bad('the form cannot be read');
+    const fields = await readFields(req, { limit: FORM_LIMIT });
+    file = verifyUploadFields(req.headers, fields, secret, { tempPath }).find((f) => f.field === 'avatar');
+  } catch (err) {
+    if (!(err instanceof OutriderVerificationError)) throw err;
+    if (err.code === 'EDGE_VERIFY_TOO_LARGE') return { status: 413, refused: 'Request Entity Too Large' };
+    if (err.code === 'EDGE_VERIFY_OUTSIDE') return bad('the avatar is not in the upload directory');
+    if (err.code === 'EDGE_VERIFY_MISMATCH') return bad('the avatar fields are not the ones Outrider signed');
+    return bad('uploads are accepted through Outrider only');
   }
-  const signed = verifyWorkhorseJwt(String(form.get('avatar.gitlab-workhorse-upload') ?? ''), secret)?.upload as
-    | Record<string, unknown>
-    | undefined;
-  // 3. Trust only what is signed, and only a file in the directory this backend handed out.
-  const path = signed?.path;
-  if (typeof path !== 'string' || path !== rewritten.avatar || path !== form.get('avatar.path')) {
-    return bad('the avatar fields are not the ones Outrider signed');
-  }
-  if (dirname(path) !== tempPath) return bad('the avatar is not in the upload directory');
+  const path = file?.path;
+  if (file === undefined || path === undefined) return bad('uploads are accepted through Outrider only');
   // 4. An image by its bytes and by its name, and a name safe to serve.
-  const ext = extname(String(signed?.name ?? '')).toLowerCase();
+  const ext = extname(file.name).toLowerCase();
   const magic = await firstBytes(path, 8).catch(() => undefined);
   if (magic === undefined) return bad('the uploaded file is gone');
   const kind = magic.subarray(0, 8).equals(PNG_MAGIC) ? 'png' : magic.subarray(0, 3).equals(JPEG_MAGIC) ? 'jpeg' : undefined;
@@ -336,11 +346,11 @@ async function receiveAvatar(req: IncomingMessage, secret: Buffer, tempPath: str
     return bad(`the avatar's name must end in ${kind === 'png' ? '.png' : '.jpg or .jpeg'}`);
   }
   const stem =
-    basename(String(signed?.name), extname(String(signed?.name)))
+    basename(file.name, extname(file.name))
       .replace(/[^A-Za-z0-9._-]/g, '_')
       .replace(/^[._-]+/, '')
       .slice(0, 64) || 'avatar';
-  return { saved: await moveToAvatars(path, stem, ext) };
+  return { saved: await moveToAvatars(path, avatarDir, stem, ext) };
 }
 
 const PNG_MAGIC = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
@@ -361,10 +371,10 @@ async function firstBytes(path: string, n: number): Promise<Buffer> {
  * name is taken. The name is claimed by creating it exclusively, so two uploads never overwrite
  * each other; then the file is renamed over the claim, or copied when it lives on another device.
  */
-async function moveToAvatars(from: string, stem: string, ext: string): Promise<string> {
+async function moveToAvatars(from: string, dir: string, stem: string, ext: string): Promise<string> {
   for (let n = 0; n < 1000; n++) {
     const name = n === 0 ? `${stem}${ext}` : `${stem}-${n}${ext}`;
-    const to = join(AVATAR_DIR, name);
+    const to = join(dir, name);
     try {
       await (await open(to, 'wx')).close();
     } catch (err) {

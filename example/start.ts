@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { loadSecret } from '../backend/index.js';
 import { createExampleBackend, prepareAvatars } from './backend.js';
 
 /**
@@ -12,6 +13,7 @@ import { createExampleBackend, prepareAvatars } from './backend.js';
  * it (example/outrider.toml), Outrider's logs on stdout, URLs to try once both are up.
  * EXAMPLE_BACKEND_PORT and OUTRIDER_PORT move them (0 picks a free port). Ctrl-C stops both.
  * Each run shares a new secret between the two (a file in a fresh temp dir, removed on exit).
+ * EXAMPLE_AVATAR_DIR keeps the avatars somewhere else than <tmpdir>/outrider-example-avatars.
  */
 const backendPort = Number(process.env.EXAMPLE_BACKEND_PORT ?? 8080);
 const edgePort = Number(process.env.OUTRIDER_PORT ?? 8181);
@@ -21,15 +23,16 @@ const config = fileURLToPath(new URL('../../example/outrider.toml', import.meta.
 // The secret Outrider signs upload fields with: 32 random bytes, base64 in a file only this user
 // can read (Workhorse's .gitlab_workhorse_secret), handed to Outrider with --secret-path.
 const runDir = mkdtempSync(join(tmpdir(), 'outrider-example-'));
-const secret = randomBytes(32);
 const secretPath = join(runDir, 'gitlab_workhorse_secret');
-writeFileSync(secretPath, `${secret.toString('base64')}\n`, { mode: 0o600 });
+writeFileSync(secretPath, `${randomBytes(32).toString('base64')}\n`, { mode: 0o600 });
+// The backend reads the file with the toolkit's loadSecret: the same rules as Outrider's secret_path.
+const secret = loadSecret(secretPath);
 // Where the backend tells Outrider to store avatar uploads until it has moved them (TempPath).
 const uploadTempDir = join(runDir, 'uploads');
 const cleanUp = () => rmSync(runDir, { recursive: true, force: true });
 
-await prepareAvatars();
-const backend = createExampleBackend({ secret, uploadTempDir });
+const avatarDir = await prepareAvatars(process.env.EXAMPLE_AVATAR_DIR || undefined);
+const backend = createExampleBackend({ secret, uploadTempDir, avatarDir });
 backend.on('error', (err: NodeJS.ErrnoException) => {
   process.stderr.write(`example backend: cannot listen on 127.0.0.1:${backendPort} (${err.code}); set EXAMPLE_BACKEND_PORT\n`);
   cleanUp();

@@ -499,6 +499,23 @@ describe('readFields and verifyUploadFields behind a real Outrider', () => {
     expect(seen[0]?.files[0]?.uploadDuration).toBeTypeOf('number');
   });
 
+  it('readFields reads a fastify request whose multipart parser leaves the body alone', async () => {
+    const app = Fastify();
+    app.addContentTypeParser('multipart/form-data', (_req, _payload, done) => done(null));
+    app.post('/', async (req) => ({ title: (await readFields(req.raw)).get('title') }));
+    const form = new globalThis.FormData();
+    form.append('title', 'hello');
+    const encoded = new Request('http://x/', { method: 'POST', body: form });
+    const res = await app.inject({
+      method: 'POST',
+      url: '/',
+      headers: { 'content-type': encoded.headers.get('content-type') ?? '' },
+      payload: Buffer.from(await encoded.arrayBuffer()),
+    });
+    expect(res.json()).toEqual({ title: 'hello' });
+    await app.close();
+  });
+
   it('readFields refuses a form over its limit with 413, and one without a Content-Type', async () => {
     const body = (text: string, headers: Record<string, string>) => Object.assign(Readable.from([Buffer.from(text)]), { headers });
     const declared = await readFields(body('a=1', { 'content-type': 'application/x-www-form-urlencoded', 'content-length': '99' }), {
