@@ -1,0 +1,170 @@
+import { spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { chromium, type Page } from 'playwright-core';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HOME_WIDTHS } from '../../example/backend.js';
+
+/**
+ * The example app in a real browser: `npm start` (built), Debian's chromium driven by
+ * playwright-core. Needs /usr/bin/chromium (CHROMIUM overrides it); `.ci/run` installs it.
+ */
+const START = fileURLToPath(new URL('../../dist/example/start.js', import.meta.url));
+const ARTIFACTS = fileURLToPath(new URL('./artifacts/', import.meta.url));
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const STARTERS = ['ada.png', 'grace.jpg', 'linus.png'];
+
+const scratch = mkdtempSync(join(tmpdir(), 'outrider-e2e-'));
+/** Every JSON line Outrider logged (npm start relays them on stdout). */
+const logs: Record<string, unknown>[] = [];
+let base = '';
+let stopApp: () => Promise<number | null>;
+
+beforeAll(async () => {
+  // A fresh avatar directory: the page shows exactly the starters and what this test uploads.
+  const child = spawn(process.execPath, [START], {
+    env: { ...process.env, OUTRIDER_PORT: '0', EXAMPLE_BACKEND_PORT: '0', EXAMPLE_AVATAR_DIR: join(scratch, 'avatars') },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  stopApp = async () => {
+    if (child.exitCode === null) child.kill('SIGINT');
+    const code = await Promise.race([exited, sleep(5_000).then(() => 'timeout' as const)]);
+    if (code === 'timeout') child.kill('SIGKILL');
+    return code === 'timeout' ? null : code;
+  };
+  let out = '';
+  let pending = '';
+  child.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
+    pending += d.toString();
+    const lines = pending.split('\n');
+    pending = lines.pop() ?? '';
+    for (const line of lines) if (line.startsWith('{')) logs.push(JSON.parse(line) as Record<string, unknown>);
+  });
+  base = await Promise.race([
+    new Promise<string>((resolve) => {
+      child.stdout.on('data', () => {
+        const m = /Outrider is up on (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
+        if (m && out.includes('Ctrl-C stops both.')) resolve(m[1] as string);
+      });
+    }),
+    sleep(15_000).then(() => Promise.reject(new Error(`npm start did not come up:\n${out}`))),
+  ]);
+});
+
+afterAll(async () => {
+  expect(await stopApp?.()).toBe(0);
+  rmSync(scratch, { recursive: true, force: true });
+});
+
+/** What the page functions below use of the DOM (they run in the browser; the project has no DOM types). */
+interface PageImage {
+  complete: boolean;
+  currentSrc: string;
+  width: number;
+  naturalWidth: number;
+}
+declare const document: { images: ArrayLike<PageImage> };
+
+/** Each avatar image on the page once all have loaded: the width asked for and the width decoded. */
+async function images(page: Page) {
+  await page.waitForFunction(() => Array.from(document.images).every((img) => img.complete), undefined, { timeout: 30_000 });
+  return page.$$eval('table.avatars img', (imgs) =>
+    (imgs as unknown as PageImage[]).map((img) => ({
+      src: new URL(img.currentSrc).pathname + new URL(img.currentSrc).search,
+      asked: Number(new URL(img.currentSrc).searchParams.get('width')),
+      attribute: img.width,
+      natural: img.naturalWidth,
+    })),
+  );
+}
+
+describe('the example app in Chromium', () => {
+  it('uploads an avatar through the form, shows every avatar at the width asked, and revalidates with 304s on reload', async () => {
+    expect(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install chromium`).toBe(true);
+    const context = await chromium.launchPersistentContext(join(scratch, 'profile'), {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
+      // 1x: each <img> takes its src, so naturalWidth is exactly the ?width= asked for.
+      deviceScaleFactor: 1,
+      viewport: { width: 1100, height: 800 },
+    });
+    try {
+      const page = context.pages()[0] ?? (await context.newPage());
+      const responses: { path: string; status: number }[] = [];
+      page.on('response', (res) => {
+        const url = new URL(res.url());
+        responses.push({ path: url.pathname + url.search, status: res.status() });
+      });
+
+      await page.goto(`${base}/`);
+      expect(await page.textContent('body')).toContain('through Outrider 0.');
+
+      // Upload a 400x300 PNG through the home page's form: Outrider stores it, the backend moves it, 303 to /.
+      const stem = `e2e-${randomUUID().slice(0, 8)}`;
+      const file = join(scratch, `${stem}.png`);
+      await sharp({ create: { width: 400, height: 300, channels: 3, background: '#f59e0b' } })
+        .composite([
+          {
+            input: Buffer.from(
+              '<svg xmlns="http://www.w3.org/2000/svg" width="400" height="300"><circle cx="200" cy="150" r="110" fill="#1d4ed8"/></svg>',
+            ),
+          },
+        ])
+        .png()
+        .toFile(file);
+      await page.setInputFiles('form.upload input[type=file]', file);
+      await Promise.all([page.waitForURL(`${base}/`, { waitUntil: 'load' }), page.click('form.upload button')]);
+      expect(responses.find((r) => r.path === '/uploads/avatar')?.status).toBe(303);
+      expect(logs.some((l) => l.subsystem === 'upload' && l.outcome === 'stored')).toBe(true);
+      expect(readdirSync(join(scratch, 'avatars'))).toContain(`${stem}.png`);
+
+      const names = [...STARTERS, `${stem}.png`];
+      const first = await images(page);
+      expect(first).toHaveLength(names.length * HOME_WIDTHS.length);
+      expect(first.map((i) => i.src)).toEqual(names.flatMap((n) => HOME_WIDTHS.map((w) => `/avatars/${n}?width=${w}`)));
+      for (const img of first) expect(img, img.src).toMatchObject({ natural: img.asked, attribute: img.asked });
+      // Scaled by Outrider (or taken from its cache of scaled images, or revalidated): never an original.
+      const outcomes = new Set(logs.filter((l) => l.subsystem === 'scaler').map((l) => l.outcome));
+      expect([...outcomes].filter((o) => !['scaled', 'cache-hit', 'coalesced', 'not-modified'].includes(String(o)))).toEqual([]);
+      expect(outcomes.has('scaled')).toBe(true);
+
+      // Reload: the avatars are stale at once (max-age=0, must-revalidate), so each is asked again
+      // with If-Modified-Since, and Outrider answers 304 without scaling anything.
+      const before = responses.length;
+      const logged = logs.length;
+      await page.reload({ waitUntil: 'load' });
+      const again = await images(page);
+      for (const img of again) expect(img, img.src).toMatchObject({ natural: img.asked });
+      const avatarResponses = responses.slice(before).filter((r) => r.path.startsWith('/avatars/'));
+      expect(avatarResponses.map((r) => r.path).sort()).toEqual(first.map((i) => i.src).sort());
+      expect(avatarResponses.filter((r) => r.status !== 304)).toEqual([]);
+      const edge = logs.slice(logged).filter((l) => String(l.path).startsWith('/avatars/'));
+      expect(edge.map((l) => l.status)).toEqual(first.map(() => 304));
+      const reloaded = logs.slice(logged).filter((l) => l.subsystem === 'scaler');
+      expect(reloaded.map((l) => l.outcome)).toEqual(first.map(() => 'not-modified'));
+
+      mkdirSync(ARTIFACTS, { recursive: true });
+      await page.screenshot({ path: join(ARTIFACTS, 'home.png'), fullPage: true });
+      expect((await sharp(join(ARTIFACTS, 'home.png')).metadata()).width).toBe(1100);
+    } finally {
+      await context.close();
+    }
+  });
+});
