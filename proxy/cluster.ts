@@ -66,7 +66,8 @@ const ignore = () => undefined;
 /**
  * The cluster primary (`workers` > 1). It forks the workers, which share `listen_addr` through
  * node:cluster (the primary accepts and hands connections out round-robin, Node's default
- * everywhere but Windows), replaces a worker that dies (with a backoff when one keeps dying at
+ * everywhere but Windows; with port 0 every worker gets the port the first one bound, for as long
+ * as one of them holds it), replaces a worker that dies (with a backoff when one keeps dying at
  * start), and on SIGTERM/SIGINT asks every worker to shut down as a single process would, waits
  * for them all, and exits 0. It serves no requests itself; it owns the metrics listener, whose
  * `/metrics` is the sum over the workers, and the health routes when they are on that listener.
