@@ -1,13 +1,12 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 import { render } from '../scaler/scale.js';
 import { avatarFiles, COPIES } from './images.js';
+import { cpuMs, freePort, type Proc, startEdge, startOrigin, uploadBody } from './procs.js';
 import { type Scenario, scenarios } from './scenarios.js';
 
 /**
@@ -17,7 +16,6 @@ import { type Scenario, scenarios } from './scenarios.js';
  * bench/results/. BENCH_ONLY=name,name limits the scenarios.
  */
 const here = fileURLToPath(new URL('.', import.meta.url));
-const cli = join(here, '../proxy/cli.js');
 const duration = Number(process.env.BENCH_DURATION ?? 10);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 const only = process.env.BENCH_ONLY?.split(',');
@@ -32,61 +30,8 @@ interface Sample {
   proxyCpuMsPerKReq: number | undefined;
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (typeof addr === 'object' && addr !== null ? resolve(addr.port) : reject(new Error('no port'))));
-    });
-  });
-}
-
-async function startOrigin(): Promise<{ child: ChildProcess; port: number }> {
-  const child = spawn(process.execPath, [join(here, 'origin.js')], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const port = await new Promise<number>((resolve, reject) => {
-    child.stdout?.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
-    child.once('exit', (code) => reject(new Error(`origin exited with ${code}`)));
-  });
-  return { child, port };
-}
-
-/**
- * Starts Outrider. `extraToml` and `nodeArgs` come from BENCH_EDGE_CONFIG / BENCH_EDGE_NODE_ARGS,
- * or for the second instance (edge-b, run only when one of them is set) from BENCH_B_CONFIG /
- * BENCH_B_NODE_ARGS: two configurations compared in the same interleaved rounds.
- */
-async function startEdge(originPort: number, name: string, extraToml = '', nodeArgs = ''): Promise<{ child: ChildProcess; port: number }> {
-  const port = await freePort();
-  const configPath = join(tmpdir(), `outrider-bench-${process.pid}-${name}.toml`);
-  // Scaling requests wait for a slot (up to 10 s) instead of falling back to the original, so the
-  // scale scenarios measure scaling itself; their 8 connections fit 2 running + 8 waiting. The
-  // main instance scales every request (cache off: cold scaling); "warm" keeps the default cache.
-  // An accelerated upload route (no pre-authorization: files go to a temp dir, all four digests).
-  const secretPath = join(tmpdir(), `outrider-bench-${process.pid}.secret`);
-  writeFileSync(secretPath, randomBytes(32).toString('base64'), { mode: 0o600 });
-  const uploads = `[uploads]\ntemp_dir = "${join(tmpdir(), `outrider-bench-${process.pid}-${name}-uploads`)}"\n[[uploads.routes]]\nmethod = "POST"\npath = "^/uploads/"\npreauthorize = false\n`;
-  const base = `listen_addr = "127.0.0.1:${port}"\nauth_backend = "http://127.0.0.1:${originPort}"\nsecret_path = "${secretPath}"\n`;
-  const cache = name === 'warm' ? '' : 'cache_max_bytes = 0\n';
-  const scaler = extraToml.includes('[image_resizer]') ? '' : `[image_resizer]\nmax_scaler_wait = "10s"\n${cache}`;
-  writeFileSync(configPath, `${base}${extraToml}\n${scaler}\n${uploads}`);
-  // Access logs stay on (a production setting) and go to /dev/null.
-  const args = nodeArgs.split(' ').filter(Boolean);
-  const child = spawn(process.execPath, [...args, cli, '--config', configPath], { stdio: ['ignore', 'ignore', 'inherit'] });
-  for (let i = 0; i < 100; i++) {
-    try {
-      const res = await fetch(`http://127.0.0.1:${port}/1k`);
-      await res.arrayBuffer();
-      return { child, port };
-    } catch {
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-  throw new Error('Outrider did not start');
-}
-
 /** The bare node:http + undici forward: the floor for any Node proxy. */
-async function startBare(originPort: number): Promise<{ child: ChildProcess; port: number }> {
+async function startBare(originPort: number): Promise<Proc> {
   const port = await freePort();
   const child = spawn(process.execPath, [join(here, 'bare-proxy.js'), String(port), String(originPort)], { stdio: 'inherit' });
   await new Promise((r) => setTimeout(r, 500));
@@ -97,7 +42,7 @@ async function startBare(originPort: number): Promise<{ child: ChildProcess; por
  * nginx as a reverse proxy, the bar to reach: one worker (Outrider is one process too), upstream
  * keep-alive, access log buffered to /dev/null. Skipped when nginx is not installed.
  */
-async function startNginx(originPort: number): Promise<{ child: ChildProcess; port: number } | undefined> {
+async function startNginx(originPort: number): Promise<Proc | undefined> {
   const bin = ['/usr/sbin/nginx', '/usr/bin/nginx'].find((p) => existsSync(p));
   if (bin === undefined) return undefined;
   const port = await freePort();
@@ -126,37 +71,7 @@ http {
   return { child, port };
 }
 
-/** user+system CPU time of a process and its children (nginx workers), in ms, from /proc. */
-function cpuMs(pid: number | undefined): number | undefined {
-  if (pid === undefined) return undefined;
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
-    let total = ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
-    const children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim();
-    for (const child of children === '' ? [] : children.split(' ')) total += cpuMs(Number(child)) ?? 0;
-    return total;
-  } catch {
-    return undefined;
-  }
-}
-
 type Procs = Record<Scenario['target'], { port: number; pid: number | undefined }>;
-
-/** A one-file multipart body of `size` bytes, made once per size. */
-const uploadBodies = new Map<number, { body: Buffer; contentType: string }>();
-function uploadBody(size: number): { body: Buffer; contentType: string } {
-  let made = uploadBodies.get(size);
-  if (made === undefined) {
-    const boundary = 'outrider-bench-boundary';
-    const head = Buffer.from(
-      `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="bench.bin"\r\nContent-Type: application/octet-stream\r\n\r\n`,
-    );
-    const tail = Buffer.from(`\r\n--${boundary}--\r\n`);
-    made = { body: Buffer.concat([head, randomBytes(size), tail]), contentType: `multipart/form-data; boundary=${boundary}` };
-    uploadBodies.set(size, made);
-  }
-  return made;
-}
 
 /** autocannon's options for a scenario: its method, headers, upload body and rotating path. */
 function cannonOptions(s: Scenario, port: number, seconds: number): autocannon.Options {
@@ -245,14 +160,21 @@ async function main(): Promise<void> {
     for (const child of children) if (child.exitCode === null) child.kill(child.spawnfile.includes('nginx') ? 'SIGQUIT' : 'SIGTERM');
   };
   process.on('exit', killAll);
-  const origin = await startOrigin();
+  const origin = await startOrigin(process.env.BENCH_ORIGIN_CPUS);
   children.push(origin.child);
-  const edge = await startEdge(origin.port, 'a', process.env.BENCH_EDGE_CONFIG, process.env.BENCH_EDGE_NODE_ARGS);
+  // Scaling requests wait for a slot (up to 10 s) instead of falling back to the original, so the
+  // scale scenarios measure scaling itself; their 8 connections fit 2 running + 8 waiting. The
+  // main instance scales every request (cache off: cold scaling); "warm" keeps the default cache.
+  const scaler = (extra: string | undefined, cache: boolean) =>
+    `${extra ?? ''}\n${extra?.includes('[image_resizer]') ? '' : `[image_resizer]\nmax_scaler_wait = "10s"\n${cache ? '' : 'cache_max_bytes = 0\n'}`}`;
+  const start = (name: string, toml: string | undefined, nodeArgs: string | undefined, cache: boolean) =>
+    startEdge(origin.port, { name, toml: scaler(toml, cache), nodeArgs });
+  const edge = await start('a', process.env.BENCH_EDGE_CONFIG, process.env.BENCH_EDGE_NODE_ARGS, false);
   children.push(edge.child);
-  const warm = await startEdge(origin.port, 'warm', process.env.BENCH_EDGE_CONFIG, process.env.BENCH_EDGE_NODE_ARGS);
+  const warm = await start('warm', process.env.BENCH_EDGE_CONFIG, process.env.BENCH_EDGE_NODE_ARGS, true);
   children.push(warm.child);
   const wantB = process.env.BENCH_B_CONFIG !== undefined || process.env.BENCH_B_NODE_ARGS !== undefined;
-  const edgeB = wantB ? await startEdge(origin.port, 'b', process.env.BENCH_B_CONFIG, process.env.BENCH_B_NODE_ARGS) : undefined;
+  const edgeB = wantB ? await start('b', process.env.BENCH_B_CONFIG, process.env.BENCH_B_NODE_ARGS, false) : undefined;
   if (edgeB !== undefined) children.push(edgeB.child);
   const bare = await startBare(origin.port);
   children.push(bare.child);

@@ -1,0 +1,138 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The processes the benchmarks start, and what they read of them from /proc. */
+const here = fileURLToPath(new URL('.', import.meta.url));
+const cli = join(here, '../proxy/cli.js');
+
+export interface Proc {
+  child: ChildProcess;
+  port: number;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() => (typeof addr === 'object' && addr !== null ? resolve(addr.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+/**
+ * The origin backend (bench/origin.ts) as its own process. `cpus` ("0") pins it with taskset, so
+ * the backend runs "elsewhere" (on a core of its own) when proxies are compared.
+ */
+export async function startOrigin(cpus?: string): Promise<Proc> {
+  const argv = [process.execPath, join(here, 'origin.js')];
+  const [cmd, ...args] = cpus === undefined || cpus === '' ? argv : ['taskset', '-c', cpus, ...argv];
+  const child = spawn(cmd as string, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise<number>((resolve, reject) => {
+    child.stdout?.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
+    child.once('exit', (code) => reject(new Error(`origin exited with ${code}`)));
+  });
+  return { child, port };
+}
+
+export interface EdgeOptions {
+  /** Names the config and temp files. */
+  name: string;
+  /** TOML after the listener, backend, secret and upload route lines (before `[uploads]`). */
+  toml?: string;
+  nodeArgs?: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+/**
+ * Outrider (dist/proxy/cli.js) in front of the origin, with an accelerated upload route
+ * (`^/uploads/`, no pre-authorization: files go to a temp dir, all four digests). Access logs stay
+ * on (a production setting) and go to /dev/null. Resolves once it answers.
+ */
+export async function startEdge(originPort: number, opts: EdgeOptions): Promise<Proc> {
+  const port = await freePort();
+  const stem = join(tmpdir(), `outrider-bench-${process.pid}-${opts.name}`);
+  const secretPath = `${stem}.secret`;
+  writeFileSync(secretPath, randomBytes(32).toString('base64'), { mode: 0o600 });
+  const base = `listen_addr = "127.0.0.1:${port}"\nauth_backend = "http://127.0.0.1:${originPort}"\nsecret_path = "${secretPath}"\n`;
+  const uploads = `[uploads]\ntemp_dir = "${stem}-uploads"\n[[uploads.routes]]\nmethod = "POST"\npath = "^/uploads/"\npreauthorize = false\n`;
+  writeFileSync(`${stem}.toml`, `${base}${opts.toml ?? ''}\n${uploads}`);
+  const args = (opts.nodeArgs ?? '').split(' ').filter(Boolean);
+  const child = spawn(process.execPath, [...args, cli, '--config', `${stem}.toml`], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+    env: { ...process.env, ...opts.env },
+  });
+  for (let i = 0; i < 100; i++) {
+    try {
+      const res = await fetch(`http://127.0.0.1:${port}/1k`);
+      await res.arrayBuffer();
+      return { child, port };
+    } catch {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  throw new Error('Outrider did not start');
+}
+
+/** A one-file multipart body of `size` bytes, made once per size. */
+const uploadBodies = new Map<number, { body: Buffer; contentType: string }>();
+export function uploadBody(size: number): { body: Buffer; contentType: string } {
+  let made = uploadBodies.get(size);
+  if (made === undefined) {
+    const boundary = 'outrider-bench-boundary';
+    const head = Buffer.from(
+      `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="bench.bin"\r\nContent-Type: application/octet-stream\r\n\r\n`,
+    );
+    const tail = Buffer.from(`\r\n--${boundary}--\r\n`);
+    made = { body: Buffer.concat([head, randomBytes(size), tail]), contentType: `multipart/form-data; boundary=${boundary}` };
+    uploadBodies.set(size, made);
+  }
+  return made;
+}
+
+/** The pids of a process and all its descendants (cluster workers, nginx workers). */
+function tree(pid: number): number[] {
+  let children: string[] = [];
+  try {
+    children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(' ').filter(Boolean);
+  } catch {
+    return [];
+  }
+  return [pid, ...children.flatMap((c) => tree(Number(c)))];
+}
+
+/** user+system CPU time of a process and its descendants, in ms, from /proc. */
+export function cpuMs(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  let total = 0;
+  for (const p of tree(pid)) {
+    try {
+      const fields = readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+      total += ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+    } catch {
+      // exited in between
+    }
+  }
+  return total;
+}
+
+/** Resident memory of a process and its descendants now, and the sum of their peaks, in MiB. */
+export function memoryMiB(pid: number | undefined): { rss: number; peak: number } {
+  let rss = 0;
+  let peak = 0;
+  for (const p of pid === undefined ? [] : tree(pid)) {
+    try {
+      const status = readFileSync(`/proc/${p}/status`, 'utf8');
+      rss += Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? 0) / 1024;
+      peak += Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? 0) / 1024;
+    } catch {
+      // exited in between
+    }
+  }
+  return { rss, peak };
+}
