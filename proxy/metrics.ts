@@ -6,10 +6,11 @@ import { SEND_URL_PREFIX } from './send-url.js';
 import { injecterName } from './senddata.js';
 
 /**
- * `image_resize_requests_total{status}` values, all exported from the start at 0 (Workhorse's
- * names). A new status is one more entry here.
+ * `image_resize_requests_total{status}` values, all exported from the start at 0: Workhorse's
+ * names, and `cache-hit` for a scaled image served from the cache (no sharp job). A new status is
+ * one more entry here.
  */
-export const IMAGE_RESIZE_STATUSES = ['success', 'success-client-cache', 'served-original', 'request-failed'] as const;
+export const IMAGE_RESIZE_STATUSES = ['success', 'success-client-cache', 'served-original', 'request-failed', 'cache-hit'] as const;
 export type ImageResizeStatus = (typeof IMAGE_RESIZE_STATUSES)[number];
 
 /** `upload_requests_total{outcome}` and `upload_bytes_total{outcome}` values. */

@@ -83,7 +83,7 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number }): Int
             },
             'scaler',
           );
-          metrics?.imageResize('success');
+          metrics?.imageResize(outcome.from === 'cache' ? 'cache-hit' : 'success');
           metrics?.imageResizeDuration(outcome.contentType, directive.width, (performance.now() - started) / 1000);
           return;
         }

@@ -129,6 +129,7 @@ describe('Prometheus metrics', () => {
     const proxy = await startProxy(backend.url, { toml: `${METRICS}[image_resizer]\nmax_scaler_procs = 3\n` });
     const scaled = await get(`${proxy.url}/avatar`);
     expect(scaled.status).toBe(200);
+    expect((await get(`${proxy.url}/avatar`)).body.equals(scaled.body)).toBe(true);
     const revalidated = await get(`${proxy.url}/avatar`, { 'if-modified-since': scaled.headers['last-modified'] as string });
     expect(revalidated.status).toBe(304);
     const original = await get(`${proxy.url}/logo`);
@@ -142,17 +143,18 @@ describe('Prometheus metrics', () => {
       ['success-client-cache', 1],
       ['served-original', 1],
       ['request-failed', 1],
+      ['cache-hit', 1],
     ]);
     const png64 = { content_type: 'image/png', width: '64' };
-    expect(m.value('outrider_image_resize_duration_seconds_count', png64)).toBe(2);
+    expect(m.value('outrider_image_resize_duration_seconds_count', png64)).toBe(3);
     expect(m.value('outrider_image_resize_duration_seconds_sum', png64)).toBeGreaterThan(0);
     expect(m.value('outrider_image_resize_concurrency_limit_exceeds_total')).toBe(0);
     expect(m.value('outrider_image_resize_max_processes')).toBe(3);
     expect(m.value('outrider_image_resize_processes')).toBe(0);
     // Every response the injecter took over, and every body byte it sent (the 502's included).
-    expect(m.value('outrider_senddata_responses', { injecter: 'send-scaled-img' })).toBe(4);
+    expect(m.value('outrider_senddata_responses', { injecter: 'send-scaled-img' })).toBe(5);
     expect(m.value('outrider_senddata_response_bytes', { injecter: 'send-scaled-img' })).toBe(
-      scaled.body.length + original.body.length + failed.body.length,
+      2 * scaled.body.length + original.body.length + failed.body.length,
     );
     expect(m.value('outrider_senddata_responses', { injecter: 'send-url' })).toBe(0);
   });
