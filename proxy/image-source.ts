@@ -9,13 +9,27 @@ import type { Outbound } from './outbound.js';
  * 200 is EDGE_SOURCE_UNAVAILABLE.
  */
 export function createImageSource(outbound: Outbound): ImageSource {
+  // Stats under way, by path: requests for one file that arrive while its stat runs share it (a
+  // page showing one user's avatar fifty times asks for it fifty times at once). Each answer is
+  // at most one stat old, the same as any stat-then-serve, and the entry goes when it settles.
+  const statting = new Map<string, Promise<Stats>>();
+  const sharedStat = (path: string): Promise<Stats> => {
+    let pending = statting.get(path);
+    if (pending === undefined) {
+      pending = stat(path);
+      statting.set(path, pending);
+      const settled = () => statting.delete(path);
+      pending.then(settled, settled);
+    }
+    return pending;
+  };
   return {
     async open(location, signal) {
       if (location.kind === 'file') {
         // One stat by path: a revalidation (304) needs nothing more; the file is opened only to be read.
         let info: Stats;
         try {
-          info = await stat(location.path);
+          info = await sharedStat(location.path);
         } catch (err) {
           throw new ScaleError('EDGE_SOURCE_UNAVAILABLE', 'the image file cannot be opened', { cause: err });
         }
