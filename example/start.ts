@@ -43,6 +43,8 @@ backend.listen(backendPort, '127.0.0.1', () => {
   const edge = spawn(
     process.execPath,
     [
+      // As the `outrider` bin's shebang: a 4 MiB young generation keeps RSS under load ~30 MiB lower (README, Memory).
+      '--max-semi-space-size=4',
       cli,
       '--config',
       config,
