@@ -67,7 +67,7 @@ export async function startEdge(originPort: number, opts: EdgeOptions): Promise<
     stdio: ['ignore', 'ignore', 'inherit'],
     env: { ...process.env, ...opts.env },
   });
-  for (let i = 0; i < 100; i++) {
+  for (let i = 0; i < 100 && child.exitCode === null; i++) {
     try {
       const res = await fetch(`http://127.0.0.1:${port}/1k`);
       await res.arrayBuffer();
@@ -76,7 +76,8 @@ export async function startEdge(originPort: number, opts: EdgeOptions): Promise<
       await new Promise((r) => setTimeout(r, 100));
     }
   }
-  throw new Error('Outrider did not start');
+  child.kill('SIGKILL');
+  throw new Error(`Outrider did not start (exit code ${child.exitCode}): see ${stem}.toml`);
 }
 
 /** A one-file multipart body of `size` bytes, made once per size. */
