@@ -85,14 +85,36 @@ function stat(path: string): Promise<Stats> {
 }
 
 /**
- * A remote object's identity for the scaled-image cache: with an ETag, the URL without its query
- * (presigned URLs change their signature on every request) and the ETag; without one, the whole URL
- * with Last-Modified and the length; with neither validator, none (never cached or shared).
+ * Query parameters of presigned object-storage URLs that change on every request without naming
+ * another object: S3 v4 and GCS v4 (`X-Amz-*`, `X-Goog-*`), and, only beside the signature they
+ * belong to, S3 v2 (`AWSAccessKeyId`, `Signature`, `Expires`), GCS v2 (`GoogleAccessId`,
+ * `Signature`, `Expires`) and Azure SAS (`sig` with `sv`, `se`, `st`, `sr`, `sp`, `spr`, `sip`, `sk*`).
+ */
+const V4_PARAM = /^(x-amz-|x-goog-)/i;
+const V2_PARAMS = new Set(['awsaccesskeyid', 'googleaccessid', 'signature', 'expires']);
+const SAS_PARAMS = new Set(['sig', 'sv', 'se', 'st', 'sr', 'sp', 'spr', 'sip', 'ss', 'srt', 'skoid', 'sktid', 'skt', 'ske', 'sks', 'skv']);
+
+function withoutSignature(u: URL): string {
+  const params = [...u.searchParams];
+  const names = new Set(params.map(([name]) => name.toLowerCase()));
+  const signed = (name: string) =>
+    V4_PARAM.test(name) ||
+    (names.has('signature') && V2_PARAMS.has(name.toLowerCase())) ||
+    (names.has('sig') && SAS_PARAMS.has(name.toLowerCase()));
+  const kept = params.filter(([name]) => !signed(name)).sort(([x], [y]) => (x < y ? -1 : x > y ? 1 : 0));
+  return `${u.origin}${u.pathname}?${new URLSearchParams(kept).toString()}`;
+}
+
+/**
+ * A remote object's identity for the scaled-image cache. With a strong ETag: the URL without its
+ * signature parameters (presigned URLs are signed anew on every request) and the ETag; every other
+ * query parameter stays, since an ETag is only unique for one URL (`/download?id=1` and `?id=2` may
+ * share one). A weak ETag promises no identical bytes: then, as without one, the whole URL with
+ * Last-Modified and the length; with neither validator, none (never cached or shared).
  */
 function remoteIdentity(url: string, etag: string | undefined, modified: unknown, length: unknown): string | undefined {
-  if (etag !== undefined && etag !== '') {
-    const u = new URL(url);
-    return `url:${u.origin}${u.pathname}\u0000${etag}`;
+  if (etag?.startsWith('"')) {
+    return `url:${withoutSignature(new URL(url))}\u0000${etag}\u0000${String(length)}`;
   }
   if (typeof modified === 'string' && modified !== '') return `url:${url}\u0000${modified}\u0000${String(length)}`;
   return undefined;

@@ -190,6 +190,45 @@ describe('send-scaled-img', () => {
     expect(gone.statusCode).toBe(502);
   });
 
+  it('caches remote images by URL and strong ETag: a new signature is a hit, another object under the same ETag never is', async () => {
+    const red = await sharp({ create: { width: 200, height: 200, channels: 3, background: '#ff0000' } })
+      .png()
+      .toBuffer();
+    const blue = await sharp({ create: { width: 200, height: 200, channels: 3, background: '#0000ff' } })
+      .png()
+      .toBuffer();
+    let fetches = 0;
+    // Both objects carry the same ETag, as a server deriving ETags from size and mtime may give them.
+    const store = await startBackend((req, res) => {
+      fetches++;
+      const id = new URL(req.url ?? '/', 'http://x').searchParams.get('id');
+      res.writeHead(200, { 'content-type': 'image/png', etag: '"same"' }).end(id === 'blue' ? blue : red);
+    });
+    let signature = 0;
+    const backend = await avatarBackend((u) => ({
+      Location: `${store.url}/download?id=${u.searchParams.get('id')}&X-Amz-Signature=${++signature}&X-Amz-Date=20261201T000000Z`,
+      Width: 50,
+      ContentType: 'image/png',
+    }));
+    const logs: Record<string, unknown>[] = [];
+    const proxy = await startProxy(backend.url, { logs });
+    const colour = async (id: string) => {
+      const res = await request(`${proxy.url}/avatar?id=${id}`);
+      const body = Buffer.from(await res.body.arrayBuffer());
+      expect(await widthOf(body)).toBe(50);
+      const { channels } = await sharp(body).stats();
+      return channels[0]?.mean === 255 ? 'red' : channels[2]?.mean === 255 ? 'blue' : 'other';
+    };
+    expect(await colour('red')).toBe('red');
+    expect(await colour('blue')).toBe('blue');
+    expect(await colour('red')).toBe('red');
+    expect(await colour('blue')).toBe('blue');
+    const outcomes = logs.filter((l) => l.subsystem === 'scaler').map((l) => l.outcome);
+    expect(outcomes).toEqual(['scaled', 'scaled', 'cache-hit', 'cache-hit']);
+    // Each request still asks the store (its validators are the key), but only two were scaled.
+    expect(fetches).toBe(4);
+  });
+
   it('decides a 304 before reading a single image byte: a remote body that never ends does not hold it up', async () => {
     let hungUp = false;
     const store = await startBackend((_req, res) => {
