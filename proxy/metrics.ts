@@ -23,6 +23,8 @@ export const CATCH_ALL_ROUTE = '*';
 /** Workhorse's buckets (`internal/upstream/metrics.go`, `internal/imageresizer`). */
 const DURATION_BUCKETS = [0.005, 0.025, 0.1, 0.5, 1, 10, 30, 60, 300];
 const SIZE_BUCKETS = [10, 64, 256, 1024, 64 * 1024, 256 * 1024, 1024 * 1024, 64 * 1024 * 1024];
+/** Distinct `width` label values per content type of `image_resize_duration_seconds`; then 'other'. */
+const WIDTH_LABELS = 64;
 const RESIZE_BUCKETS = [0.025, 0.05, 0.1, 0.2, 0.4, 0.8];
 
 /** The interceptors counted as send-data injecters (`senddata_responses{injecter}`); X-Sendfile has its own family. */
@@ -424,7 +426,10 @@ export function createMetrics(opts: MetricsOptions): Metrics {
       // The type comes from the backend's instruction: anything but the two scaled formats is one value.
       const type = contentType === 'image/png' || contentType === 'image/jpeg' ? contentType : 'other';
       const byWidth = lookup(resizeDurations, type, () => new Map());
-      lookup(byWidth, width, () => resizeDuration.child(type, String(width))).observe(seconds);
+      // Widths are Workhorse's exact label values, for the first WIDTH_LABELS seen: a backend that
+      // passes any ?width= through must not make thousands of series; later ones share 'other'.
+      const key = byWidth.has(width) || byWidth.size < WIDTH_LABELS ? width : 0;
+      lookup(byWidth, key, () => resizeDuration.child(type, key === 0 ? 'other' : String(width))).observe(seconds);
     },
     imageResizeLimitExceeded() {
       resizeLimit.inc();

@@ -159,6 +159,29 @@ describe('Prometheus metrics', () => {
     expect(m.value('outrider_senddata_responses', { injecter: 'send-url' })).toBe(0);
   });
 
+  it('keep the width label of image_resize_duration_seconds bounded: exact widths for the first 64, then "other"', async () => {
+    const png = join(dir, 'widths.png');
+    writeFileSync(png, png400);
+    const backend = await startBackend((req, res) => {
+      const width = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('w'));
+      res.writeHead(200, {
+        'gitlab-workhorse-send-data': directive('send-scaled-img:', { Location: png, Width: width, ContentType: 'image/png' }),
+      });
+      res.end();
+    });
+    const proxy = await startProxy(backend.url, { toml: METRICS });
+    // Revalidations are timed too, and cost no scaling: 100 distinct widths, the first again at the end.
+    const ims = { 'if-modified-since': 'Fri, 01 Jan 2100 00:00:00 GMT' };
+    for (let w = 1; w <= 100; w++) expect((await get(`${proxy.url}/a?w=${w}`, ims)).status).toBe(304);
+    expect((await get(`${proxy.url}/a?w=1`, ims)).status).toBe(304);
+    const m = await scrape(proxy.app);
+    const counts = m.series('outrider_image_resize_duration_seconds_count', { content_type: 'image/png' });
+    expect(counts).toHaveLength(65);
+    expect(m.value('outrider_image_resize_duration_seconds_count', { content_type: 'image/png', width: '1' })).toBe(2);
+    expect(m.value('outrider_image_resize_duration_seconds_count', { content_type: 'image/png', width: '64' })).toBe(1);
+    expect(m.value('outrider_image_resize_duration_seconds_count', { content_type: 'image/png', width: 'other' })).toBe(36);
+  });
+
   it('count originals served because every scaling slot was busy', async () => {
     const big = join(dir, 'big.jpg');
     writeFileSync(big, await photo(1600, 1600, 'jpeg'));
