@@ -77,9 +77,19 @@ export function createClusterMetrics(workers: () => Worker[]): ClusterMetrics {
     scrape.responses.set(worker.id, message.metrics);
     if (scrape.waiting.size === 0) scrape.done();
   });
+  // Registered before the primary's own 'exit' listener, which retires the worker next.
   cluster.on('exit', (worker) => {
-    // A worker that died mid-scrape is not waited for: what it had is in `retired` now.
-    for (const scrape of pending.values()) if (scrape.waiting.delete(worker.id) && scrape.waiting.size === 0) scrape.done();
+    for (const scrape of pending.values()) {
+      // A worker that died mid-scrape is not waited for: what it had goes to `retired`. One that
+      // answered this scrape and then died is retired with that answer, and left out of the sum
+      // here, so it is neither counted twice now nor missing (a counter drop) at the next scrape.
+      const answered = scrape.responses.get(worker.id);
+      if (answered !== undefined) {
+        scrape.responses.delete(worker.id);
+        last.set(worker.id, answered);
+      }
+      if (scrape.waiting.delete(worker.id) && scrape.waiting.size === 0) scrape.done();
+    }
   });
 
   const collect = (): Promise<Map<number, Snapshot>> =>
