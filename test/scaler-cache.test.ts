@@ -122,4 +122,40 @@ describe('coalescing', () => {
     expect(seen.filter((o) => o === 'scaled')).toHaveLength(1);
     expect(seen.filter((o) => o === 'coalesced')).toHaveLength(49);
   });
+
+  it('releases the remote source of a client that leaves while waiting on a shared job, and finishes the job for the rest', async () => {
+    const png = await photo(400, 400, 'png');
+    const half = png.length >> 1;
+    // Object storage that sends the first half of each body and holds the rest until released.
+    const bodies: { closed: Promise<void>; release: () => void }[] = [];
+    const store = await startBackend((_req, res) => {
+      res.writeHead(200, { 'content-type': 'image/png', 'content-length': png.length, etag: '"v1"' });
+      res.write(png.subarray(0, half));
+      bodies.push({ closed: new Promise((resolve) => res.once('close', () => resolve())), release: () => res.end(png.subarray(half)) });
+    });
+    const backend = await avatarBackend(() => `${store.url}/avatar.png`);
+    const logs: Record<string, unknown>[] = [];
+    const proxy = await startProxy(backend.url, { logs, toml: '[image_resizer]\nmax_filesize = 1000000' });
+    const first = get(`${proxy.url}/a?w=64`);
+    await waitFor(() => bodies.length === 1);
+    // The second, identical request waits for the first one's job; then its client goes away.
+    const controller = new AbortController();
+    const second = request(`${proxy.url}/a?w=64`, { signal: controller.signal }).catch((err: Error) => err);
+    await waitFor(() => bodies.length === 2);
+    await new Promise((r) => setTimeout(r, 50));
+    controller.abort();
+    expect(await second).toBeInstanceOf(Error);
+    // Its store response is dropped while the first one is still being read.
+    await (bodies[1] as { closed: Promise<void> }).closed;
+    (bodies[0] as { release: () => void }).release();
+    const res = await first;
+    expect(res.status).toBe(200);
+    expect(res.width).toBe(64);
+    expect(logs.some((l) => l.msg === 'scaler failed')).toBe(false);
+  });
 });
+
+async function waitFor(check: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !check(); i++) await new Promise((r) => setTimeout(r, 10));
+  expect(check()).toBe(true);
+}
