@@ -67,17 +67,22 @@ export async function startEdge(originPort: number, opts: EdgeOptions): Promise<
     stdio: ['ignore', 'ignore', 'inherit'],
     env: { ...process.env, ...opts.env },
   });
-  for (let i = 0; i < 100 && child.exitCode === null; i++) {
+  return waitForEdge({ child, port }, `${stem}.toml`);
+}
+
+/** Resolves once the Outrider `edge` answers HTTP; kills it and names `configPath` if it never does. */
+export async function waitForEdge(edge: Proc, configPath: string): Promise<Proc> {
+  for (let i = 0; i < 100 && edge.child.exitCode === null; i++) {
     try {
-      const res = await fetch(`http://127.0.0.1:${port}/1k`);
+      const res = await fetch(`http://127.0.0.1:${edge.port}/`);
       await res.arrayBuffer();
-      return { child, port };
+      return edge;
     } catch {
       await new Promise((r) => setTimeout(r, 100));
     }
   }
-  child.kill('SIGKILL');
-  throw new Error(`Outrider did not start (exit code ${child.exitCode}): see ${stem}.toml`);
+  edge.child.kill('SIGKILL');
+  throw new Error(`Outrider did not start (exit code ${edge.child.exitCode}): see ${configPath}`);
 }
 
 /** A one-file multipart body of `size` bytes, made once per size. */

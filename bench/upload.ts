@@ -1,6 +1,6 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { createWriteStream, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createWriteStream, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, request } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
+import { freePort, memoryMiB, type Proc, waitForEdge } from './procs.js';
 
 /**
  * `npm run bench:upload`: one large multipart upload (UPLOAD_MB, default 1024) through Outrider
@@ -71,23 +72,12 @@ writeFileSync(
 );
 
 /** Starts Outrider on a port of our choosing and waits until it answers. */
-async function startEdge(): Promise<{ child: ChildProcess; port: number }> {
-  const probe = createServer();
-  await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
-  const port = (probe.address() as AddressInfo).port;
-  await new Promise<void>((r) => probe.close(() => r()));
+async function startEdge(): Promise<Proc> {
+  const port = await freePort();
   const child = spawn(process.execPath, [cli, '--config', config, '--listen-addr', `127.0.0.1:${port}`], {
     stdio: ['ignore', 'ignore', 'inherit'],
   });
-  for (let i = 0; i < 100; i++) {
-    try {
-      await (await fetch(`http://127.0.0.1:${port}/`)).arrayBuffer();
-      return { child, port };
-    } catch {
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-  throw new Error('Outrider did not start');
+  return waitForEdge({ child, port }, config);
 }
 
 async function uploadThrough(port: number): Promise<number> {
@@ -151,8 +141,7 @@ try {
       `round ${round}/${rounds}: through Outrider ${(size / 1048576 / (a / 1000)).toFixed(0)} MiB/s, direct to disk ${(size / 1048576 / (b / 1000)).toFixed(0)} MiB/s\n`,
     );
   }
-  const status = readFileSync(`/proc/${edge.child.pid}/status`, 'utf8');
-  const peakKiB = Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? 0);
+  const peakMiB = memoryMiB(edge.child.pid).peak;
   const left = readdirSync(store);
   const mibps = (ms: number) => Math.round(size / 1048576 / (ms / 1000));
   console.table([
@@ -164,7 +153,7 @@ try {
     { scenario: 'the same bytes written to disk directly', 'MiB/s': mibps(median(direct)), seconds: (median(direct) / 1000).toFixed(2) },
   ]);
   process.stdout.write(
-    `ratio ${(median(direct) / median(through)).toFixed(2)}x of direct; Outrider peak RSS ${(peakKiB / 1024).toFixed(0)} MiB; hashes verified; temp files left: ${left.length}\n`,
+    `ratio ${(median(direct) / median(through)).toFixed(2)}x of direct; Outrider peak RSS ${peakMiB.toFixed(0)} MiB; hashes verified; temp files left: ${left.length}\n`,
   );
 } finally {
   edge.child.kill('SIGTERM');
