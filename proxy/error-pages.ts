@@ -1,4 +1,4 @@
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, type Stats, statSync } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
 import { join } from 'node:path';
@@ -50,13 +50,13 @@ export interface ErrorPages {
  * finds them older than a few seconds, so a page changed on deploy shows without a restart and no
  * error waits for the disk.
  */
-export function createErrorPages(root: string, log: FastifyBaseLogger): ErrorPages {
+export function createErrorPages(root: string, log: FastifyBaseLogger, refreshMs = REFRESH_MS): ErrorPages {
   let pages = loadSync(root, log);
   let loadedAt = Date.now();
   let loading = false;
   return {
     get(status) {
-      if (!loading && Date.now() - loadedAt > REFRESH_MS) {
+      if (!loading && Date.now() - loadedAt > refreshMs) {
         loading = true;
         load(root, log)
           .then((fresh) => {
@@ -73,20 +73,29 @@ export function createErrorPages(root: string, log: FastifyBaseLogger): ErrorPag
   };
 }
 
+/** The status a file in `document_root` is the page of (`404.html` → 404), if any. */
+function statusOf(name: string): number | undefined {
+  const m = PAGE_NAME.exec(name);
+  return m === null ? undefined : Number(m[1]);
+}
+
+/** A page is a regular file of at most PAGE_LIMIT bytes (they are held in memory). */
+function usable(info: Stats, file: string, log: FastifyBaseLogger): boolean {
+  if (!info.isFile()) return false;
+  if (info.size <= PAGE_LIMIT) return true;
+  log.warn({ subsystem: 'error-pages', file, bytes: info.size }, `error page larger than ${PAGE_LIMIT} bytes ignored`);
+  return false;
+}
+
+/** At start: read once, before anything listens. */
 function loadSync(root: string, log: FastifyBaseLogger): Map<number, Buffer> {
   const pages = new Map<number, Buffer>();
   for (const name of readdirSync(root)) {
-    const m = PAGE_NAME.exec(name);
-    if (m === null) continue;
+    const status = statusOf(name);
+    if (status === undefined) continue;
     const file = join(root, name);
     try {
-      const info = statSync(file);
-      if (!info.isFile()) continue;
-      if (info.size > PAGE_LIMIT) {
-        log.warn({ subsystem: 'error-pages', file, bytes: info.size }, `error page larger than ${PAGE_LIMIT} bytes ignored`);
-        continue;
-      }
-      pages.set(Number(m[1]), readFileSync(file));
+      if (usable(statSync(file), file, log)) pages.set(status, readFileSync(file));
     } catch (err) {
       log.warn({ err, subsystem: 'error-pages', file }, 'error page cannot be read');
     }
@@ -94,16 +103,15 @@ function loadSync(root: string, log: FastifyBaseLogger): Map<number, Buffer> {
   return pages;
 }
 
+/** In the background while serving: the same, without blocking the event loop. */
 async function load(root: string, log: FastifyBaseLogger): Promise<Map<number, Buffer>> {
   const pages = new Map<number, Buffer>();
   for (const name of await readdir(root)) {
-    const m = PAGE_NAME.exec(name);
-    if (m === null) continue;
+    const status = statusOf(name);
+    if (status === undefined) continue;
     const file = join(root, name);
     try {
-      const info = await stat(file);
-      if (!info.isFile() || info.size > PAGE_LIMIT) continue;
-      pages.set(Number(m[1]), await readFile(file));
+      if (usable(await stat(file), file, log)) pages.set(status, await readFile(file));
     } catch (err) {
       log.warn({ err, subsystem: 'error-pages', file }, 'error page cannot be read');
     }

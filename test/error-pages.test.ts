@@ -1,7 +1,9 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import pino from 'pino';
 import { describe, expect, it } from 'vitest';
+import { createErrorPages } from '../proxy/error-pages.js';
 import { get, startProxy } from './helpers/app.js';
 import { startBackend } from './helpers/backend.js';
 
@@ -90,5 +92,22 @@ describe('error pages from document_root', () => {
     const res = await get(`${proxy.url}/404?type=text/html`);
     expect(res.status).toBe(404);
     expect(res.body).toBe('backend body 404');
+  });
+
+  it('are read again in the background once older than their refresh time: a page changed on deploy shows without a restart', async () => {
+    const root = documentRoot();
+    const pages = createErrorPages(root, pino({ level: 'silent' }), 50);
+    expect(pages.get(404)?.toString()).toBe(PAGE_404);
+    writeFileSync(join(root, '404.html'), 'new 404');
+    rmSync(join(root, '500.html'));
+    writeFileSync(join(root, '503.html'), 'maintenance');
+    // Within the refresh time the pages in memory answer; the first error after it starts a reload.
+    expect(pages.get(404)?.toString()).toBe(PAGE_404);
+    await new Promise((r) => setTimeout(r, 80));
+    expect(pages.get(404)?.toString()).toBe(PAGE_404);
+    for (let i = 0; i < 100 && pages.get(404)?.toString() !== 'new 404'; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(pages.get(404)?.toString()).toBe('new 404');
+    expect(pages.get(500)).toBeUndefined();
+    expect(pages.get(503)?.toString()).toBe('maintenance');
   });
 });
