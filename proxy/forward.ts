@@ -1,6 +1,7 @@
 import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http';
 import type { FastifyBaseLogger, FastifyPluginCallback } from 'fastify';
 import type { Dispatcher } from 'undici';
+import { type AccessLog, createAccessLog } from './access-log.js';
 import { type ErrorPages, pageFor, writeErrorPage } from './error-pages.js';
 import { EdgeInternal, EdgeRequestInvalid, EdgeShuttingDown, mapUpstreamError, writeError } from './errors.js';
 import {
@@ -18,6 +19,7 @@ import {
 } from './headers.js';
 import type { Interceptor, ResponseHead } from './intercept.js';
 import type { Metrics } from './metrics.js';
+import { requestLog } from './request-log.js';
 
 export interface ForwardOptions {
   upstream: Dispatcher;
@@ -68,7 +70,8 @@ export const forwardPlugin: FastifyPluginCallback<{ forward: Forwarder }> = (app
   done();
 };
 
-export function createForwarder(opts: ForwardOptions): Forwarder {
+export function createForwarder(options: ForwardOptions): Forwarder {
+  const opts: HandlerOptions = { ...options, accessLog: createAccessLog(options.log) };
   return (req, res, requestId, replacement) => {
     const handler = new ForwardHandler(req, res, requestId, opts);
     (res as HandledResponse)[kHandler] = handler;
@@ -120,6 +123,8 @@ export function createForwarder(opts: ForwardOptions): Forwarder {
     }
   };
 }
+
+type HandlerOptions = ForwardOptions & { accessLog: AccessLog };
 
 const kHandler = Symbol('outrider.forwardHandler');
 type HandledResponse = ServerResponse & { [kHandler]: ForwardHandler };
@@ -243,13 +248,13 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   private readonly req: IncomingMessage;
   private readonly res: ServerResponse;
   private readonly requestId: string;
-  private readonly opts: ForwardOptions;
+  private readonly opts: HandlerOptions;
   private childLog: FastifyBaseLogger | undefined;
   /** Read now: by the time the response closes, the socket may be detached. */
   readonly peer: string;
   private readonly socket: IncomingMessage['socket'];
 
-  constructor(req: IncomingMessage, res: ServerResponse, requestId: string, opts: ForwardOptions) {
+  constructor(req: IncomingMessage, res: ServerResponse, requestId: string, opts: HandlerOptions) {
     this.peer = peerAddress(req);
     this.socket = req.socket;
     this.req = req;
@@ -260,7 +265,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
 
   /** A logger bound to this request, made only when something beyond the access line is logged. */
   private get log(): FastifyBaseLogger {
-    this.childLog ??= this.opts.log.child({ requestId: this.requestId });
+    this.childLog ??= requestLog(this.opts.log, this.requestId);
     return this.childLog;
   }
 
@@ -362,36 +367,11 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
       // A response that began before shutdown: its keep-alive connection must not outlive it.
       this.socket.end();
     }
-    accessLog(this.opts.log, this.req, res, {
+    this.opts.accessLog(this.req, res, {
       requestId: this.requestId,
       started: this.started,
       peer: this.peer,
       bytes: this.intercepted ? undefined : this.bytes,
     });
   }
-}
-
-/**
- * The one access-log line of a request, written when its response closes: method, path, status
- * (499 when the client left before any answer), duration, bytes relayed, client address, request id.
- */
-export function accessLog(
-  log: FastifyBaseLogger,
-  req: IncomingMessage,
-  res: ServerResponse,
-  fields: { requestId: string; started: number; peer: string; bytes: number | undefined },
-): void {
-  log.info(
-    {
-      requestId: fields.requestId,
-      method: req.method,
-      path: req.url,
-      status: res.headersSent ? res.statusCode : 499,
-      durationMs: Math.round((performance.now() - fields.started) * 1000) / 1000,
-      bytes: fields.bytes,
-      remoteAddress: fields.peer,
-      aborted: !res.writableFinished || undefined,
-    },
-    'request',
-  );
 }

@@ -4,6 +4,7 @@ import { Busboy, type BusboyInstance } from '@fastify/busboy';
 import type { FastifyBaseLogger, FastifyError } from 'fastify';
 import type { Dispatcher } from 'undici';
 import type { Config } from '../config/schema.js';
+import { type AccessLog, createAccessLog } from './access-log.js';
 import {
   EdgeDirectiveInvalid,
   EdgeInternal,
@@ -14,11 +15,13 @@ import {
   mapUpstreamError,
   writeError,
 } from './errors.js';
-import { accessLog, type BodyReplacement, type Forwarder, peerAddress } from './forward.js';
+import type { BodyReplacement, Forwarder } from './forward.js';
+import { peerAddress } from './forward.js';
 import { MULTIPART_FIELDS } from './headers.js';
 import { ISSUER, signJwt } from './jwt.js';
 import type { Metrics } from './metrics.js';
 import type { Outbound } from './outbound.js';
+import { requestLog } from './request-log.js';
 import { DirectiveError } from './senddata.js';
 import { API_REQUEST_HEADER, type Authorization, apiRequestToken, authorize } from './upload-authorize.js';
 import { HASHES, Stash, type StoredFile, StoreError, storeFile } from './upload-store.js';
@@ -57,6 +60,7 @@ type Part =
 export function createUploads(opts: UploadOptions): Forwarder {
   const routes = opts.uploads.routes;
   if (routes.length === 0) return opts.forward;
+  const accessLog = createAccessLog(opts.log);
   return (req, res, requestId, replacement) => {
     const url = req.url as string;
     const route =
@@ -68,7 +72,7 @@ export function createUploads(opts: UploadOptions): Forwarder {
       opts.forward(req, res, requestId, replacement);
       return;
     }
-    void handleUpload(route, req, res, requestId, opts);
+    void handleUpload(route, req, res, requestId, opts, accessLog);
   };
 }
 
@@ -82,9 +86,16 @@ function isMultipart(type: string | undefined): boolean {
   return type !== undefined && /^multipart\/form-data\s*(;|$)/i.test(type);
 }
 
-async function handleUpload(route: UploadRoute, req: IncomingMessage, res: ServerResponse, requestId: string, opts: UploadOptions) {
+async function handleUpload(
+  route: UploadRoute,
+  req: IncomingMessage,
+  res: ServerResponse,
+  requestId: string,
+  opts: UploadOptions,
+  accessLog: AccessLog,
+) {
   const started = performance.now();
-  const log = opts.log.child({ requestId });
+  const log = requestLog(opts.log, requestId);
   const stash = new Stash(opts.outbound);
   const abort = new AbortController();
   let forwarded = false;
@@ -96,7 +107,7 @@ async function handleUpload(route: UploadRoute, req: IncomingMessage, res: Serve
       for (const err of errors) log.warn({ err, subsystem: 'upload' }, 'upload temp file could not be removed');
     });
     // A forwarded request gets its access line from the forwarder; one answered here gets it now.
-    if (!forwarded) accessLog(opts.log, req, res, { requestId, started, peer: peerAddress(req), bytes: undefined });
+    if (!forwarded) accessLog(req, res, { requestId, started, peer: peerAddress(req), bytes: undefined });
   });
   const forward = (replacement: BodyReplacement) => {
     forwarded = true;
