@@ -19,7 +19,6 @@ import {
 } from './headers.js';
 import type { Interceptor, ResponseHead } from './intercept.js';
 import type { Metrics } from './metrics.js';
-import { requestLog } from './request-log.js';
 
 export interface ForwardOptions {
   upstream: Dispatcher;
@@ -265,7 +264,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
 
   /** A logger bound to this request, made only when something beyond the access line is logged. */
   private get log(): FastifyBaseLogger {
-    this.childLog ??= requestLog(this.opts.log, this.requestId);
+    this.childLog ??= this.opts.log.child({ requestId: this.requestId });
     return this.childLog;
   }
 

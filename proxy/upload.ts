@@ -15,13 +15,11 @@ import {
   mapUpstreamError,
   writeError,
 } from './errors.js';
-import type { BodyReplacement, Forwarder } from './forward.js';
-import { peerAddress } from './forward.js';
+import { type BodyReplacement, type Forwarder, peerAddress } from './forward.js';
 import { MULTIPART_FIELDS } from './headers.js';
 import { ISSUER, signJwt } from './jwt.js';
 import type { Metrics } from './metrics.js';
 import type { Outbound } from './outbound.js';
-import { requestLog } from './request-log.js';
 import { DirectiveError } from './senddata.js';
 import { API_REQUEST_HEADER, type Authorization, apiRequestToken, authorize } from './upload-authorize.js';
 import { HASHES, Stash, type StoredFile, StoreError, storeFile } from './upload-store.js';
@@ -95,7 +93,7 @@ async function handleUpload(
   accessLog: AccessLog,
 ) {
   const started = performance.now();
-  const log = requestLog(opts.log, requestId);
+  const log = opts.log.child({ requestId });
   const stash = new Stash(opts.outbound);
   const abort = new AbortController();
   let forwarded = false;

@@ -225,6 +225,10 @@ describe('send-scaled-img', () => {
     expect(await colour('blue')).toBe('blue');
     const outcomes = logs.filter((l) => l.subsystem === 'scaler').map((l) => l.outcome);
     expect(outcomes).toEqual(['scaled', 'scaled', 'cache-hit', 'cache-hit']);
+    // Each outcome line names the request it belongs to, as its access line does.
+    const ids = logs.filter((l) => l.msg === 'request').map((l) => l.requestId);
+    expect(new Set(ids).size).toBe(4);
+    expect(logs.filter((l) => l.subsystem === 'scaler').map((l) => l.requestId)).toEqual(ids);
     // Each request still asks the store (its validators are the key), but only two were scaled.
     expect(fetches).toBe(4);
   });
