@@ -34,9 +34,8 @@ interface LineParts {
  *
  * It is the line `log.info({ requestId, method, … }, 'request')` writes, byte for byte, but put
  * together directly from the logger's own pieces (level, time, bindings, end of line) instead of
- * through pino's generic object serialisation: every proxied request writes one, and pino's path
- * measured about 3 µs of the proxy's ~50 µs of CPU per request, this one under 1 µs
- * (bench/README.md). A logger whose lines pino would change (a mixin, a log formatter, custom
+ * through pino's generic object serialisation: every proxied request writes one, and
+ * `npm run bench:log` measures 0.8 µs per line this way against 1.9 µs through `log.info`. A logger whose lines pino would change (a mixin, a log formatter, custom
  * serialisers, a nested key, a message prefix, a write hook, a multistream) gets `log.info`.
  */
 export function createAccessLog(log: FastifyBaseLogger): AccessLog {
