@@ -1,3 +1,5 @@
+import type { IncomingMessage } from 'node:http';
+
 /** Header names, lower-case as Node and undici see them. */
 
 export const SEND_DATA = 'gitlab-workhorse-send-data';
@@ -41,6 +43,20 @@ export const REQUEST_STRIPPED: ReadonlySet<string> = new Set([
 
 /** Response headers that are instructions to Outrider and never reach a client. */
 export const RESPONSE_STRIPPED: ReadonlySet<string> = new Set([...HOP_BY_HOP, SEND_DATA, SENDFILE, DETECT_CONTENT_TYPE]);
+
+/**
+ * The first value of the request header `lowerName`, as `req.headers[lowerName]` gives it for
+ * single-valued headers, read from the raw list: asking `req.headers` builds an object of every
+ * header first.
+ */
+export function rawHeader(req: IncomingMessage, lowerName: string): string | undefined {
+  const raw = req.rawHeaders;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    if (name.length === lowerName.length && name.toLowerCase() === lowerName) return raw[i + 1];
+  }
+  return undefined;
+}
 
 /** Header names listed in a Connection header value (RFC 9110 §7.6.1), lower-case. */
 export function connectionTokens(value: string): string[] {

@@ -116,7 +116,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
 
   const forwarder = createForwarder({
     upstream,
-    interceptors: opts.interceptors ?? createInterceptors({ outbound, scaler, maxWidth: config.imageResizer.maxWidth }),
+    interceptors: opts.interceptors ?? createInterceptors({ outbound, scaler, maxWidth: config.imageResizer.maxWidth, log: app.log }),
     version: VERSION,
     log: app.log,
     isClosing: () => closing,
@@ -197,9 +197,17 @@ function createFastPath(
   genReqId: (req: IncomingMessage) => string,
   ownPrefixes: string[],
 ): (req: IncomingMessage, res: ServerResponse) => boolean {
+  // Outrider's own paths share a leading part ("/-/"): most requests are told apart by it alone.
+  const shared = ownPrefixes.reduce((common, prefix) => {
+    let n = 0;
+    while (n < common.length && common[n] === prefix[n]) n++;
+    return common.slice(0, n);
+  }, ownPrefixes[0] ?? '');
   return (req, res) => {
     const url = req.url as string;
-    for (const prefix of ownPrefixes) if (url.startsWith(prefix)) return false;
+    if (ownPrefixes.length > 0 && url.startsWith(shared)) {
+      for (const prefix of ownPrefixes) if (url.startsWith(prefix)) return false;
+    }
     forward(req, res, genReqId(req));
     return true;
   };

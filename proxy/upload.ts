@@ -59,10 +59,11 @@ export function createUploads(opts: UploadOptions): Forwarder {
   const routes = opts.uploads.routes;
   if (routes.length === 0) return opts.forward;
   const accessLog = createAccessLog(opts.log);
+  const methods = new Set(routes.map((r) => r.method));
   return (req, res, requestId, replacement) => {
     const url = req.url as string;
     const route =
-      replacement === undefined && url.charCodeAt(0) === 47 && !opts.isClosing()
+      replacement === undefined && methods.has(req.method as string) && url.charCodeAt(0) === 47 && !opts.isClosing()
         ? matchRoute(routes, req.method as string, url)
         : undefined;
     if (route !== undefined) opts.metrics?.route(res, route.path.source);

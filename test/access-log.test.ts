@@ -2,7 +2,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Writable } from 'node:stream';
 import pino, { type LoggerOptions } from 'pino';
 import { describe, expect, it, vi } from 'vitest';
-import { accessObject, createAccessLog } from '../proxy/access-log.js';
+import { accessObject, createAccessLog, createDirectLine, jsonString } from '../proxy/access-log.js';
+import { rawHeader } from '../proxy/headers.js';
 import { LOG_REDACT } from '../proxy/logger.js';
 import { startBackend } from './helpers/backend.js';
 import { rawRequest } from './helpers/raw.js';
@@ -120,5 +121,52 @@ describe('the access-log line', () => {
       (req, res) => line(req, res, { requestId: 'r', started: performance.now(), peer: '127.0.0.1', bytes: 0 }),
     );
     expect(JSON.parse(lines[0] as string)).toMatchObject({ worker: 2, path: '/c' });
+  });
+});
+
+describe('a direct line', () => {
+  it("is byte for byte what a request's child logger writes, an id needing escapes and a non-ASCII value included", () => {
+    const fast = capture();
+    const slow = capture();
+    const line = createDirectLine(fast.log, 'scaler', ['subsystem', 'width', 'contentType']);
+    expect(line).toBeDefined();
+    const child = vi.spyOn(fast.log, 'child');
+    for (const requestId of ['4f1c-plain', 'id-"quoted"-\\-back']) {
+      for (const contentType of ['image/png', 'image/"odd"', 'image/é']) {
+        line?.write(requestId, `,"subsystem":"scaler","width":64,"contentType":${jsonString(contentType)}`);
+        slow.log.child({ requestId }).info({ subsystem: 'scaler', width: 64, contentType }, 'scaler');
+      }
+    }
+    expect(child).not.toHaveBeenCalled();
+    expect(fast.lines).toHaveLength(6);
+    expect(fast.lines).toEqual(slow.lines);
+  });
+
+  it('is not offered when pino would change the line, and reports a raised level', () => {
+    expect(createDirectLine(capture({ mixin: () => ({ a: 1 }) }).log, 'scaler', ['width'])).toBeUndefined();
+    expect(createDirectLine(capture({ serializers: { width: (w: number) => w * 2 } }).log, 'scaler', ['width'])).toBeUndefined();
+    const { log } = capture();
+    const line = createDirectLine(log, 'scaler', ['width']);
+    expect(line?.enabled()).toBe(true);
+    log.level = 'warn';
+    expect(line?.enabled()).toBe(false);
+  });
+});
+
+describe('rawHeader', () => {
+  it('finds a request header by name in any case, the first of repeated ones, as req.headers does', async () => {
+    let seen: (string | undefined)[] = [];
+    let expected: (string | undefined)[] = [];
+    const backend = await startBackend((req, res) => {
+      seen = ['if-modified-since', 'x-absent', 'accept'].map((name) => rawHeader(req, name));
+      expected = [req.headers['if-modified-since'], req.headers['x-absent'] as undefined, req.headers.accept];
+      res.end();
+    });
+    await rawRequest(
+      backend.port,
+      'GET / HTTP/1.1\r\nHost: x\r\nIF-MODIFIED-SINCE: Tue, 01 Dec 2026 10:00:00 GMT\r\nIf-Modified-Since: Mon, 30 Nov 2026 10:00:00 GMT\r\nAccept: a/b\r\nConnection: close\r\n\r\n',
+    );
+    expect(seen).toEqual(['Tue, 01 Dec 2026 10:00:00 GMT', undefined, 'a/b']);
+    expect(seen).toEqual(expected);
   });
 });
