@@ -29,7 +29,8 @@ export interface InterceptContext {
   res: ServerResponse;
   requestId: string;
   head: ResponseHead;
-  log: FastifyBaseLogger;
+  /** A logger bound to this request id, made when first read. */
+  readonly log: FastifyBaseLogger;
   /** Set when `prometheus_listen_addr` is. */
   metrics: Metrics | undefined;
 }
@@ -62,6 +63,11 @@ export const blockInternalApi: Interceptor = {
 };
 
 /** The single registration list, in match order; the first match wins. */
-export function createInterceptors(deps: { outbound: Outbound; scaler: Scaler; maxWidth: number }): Interceptor[] {
-  return [blockInternalApi, sendfile, createScaledImg(deps.scaler, { maxWidth: deps.maxWidth }), createSendUrl(deps.outbound)];
+export function createInterceptors(deps: { outbound: Outbound; scaler: Scaler; maxWidth: number; log?: FastifyBaseLogger }): Interceptor[] {
+  return [
+    blockInternalApi,
+    sendfile,
+    createScaledImg(deps.scaler, { maxWidth: deps.maxWidth, log: deps.log }),
+    createSendUrl(deps.outbound),
+  ];
 }

@@ -1,8 +1,11 @@
 import { Readable } from 'node:stream';
+import type { FastifyBaseLogger } from 'fastify';
 import { parseDirective, type ScaleDirective, ScaleError, type Scaler } from '../scaler/index.js';
+import { createDirectLine, type DirectLine, jsonString } from './access-log.js';
 import { sendBody } from './body.js';
 import { EdgeDirectiveInvalid, EdgeSourceUnavailable, writeError } from './errors.js';
-import type { Interceptor } from './intercept.js';
+import { rawHeader } from './headers.js';
+import type { InterceptContext, Interceptor } from './intercept.js';
 import { decodeSendData } from './senddata.js';
 
 export const SCALED_IMG_PREFIX = 'send-scaled-img:';
@@ -19,20 +22,22 @@ const REPLACED = new Set(['content-length', 'content-type', 'last-modified', 'et
  * headers (Cache-Control, Content-Disposition…) are kept; Content-Type and Content-Length match
  * what is sent. One log line per outcome.
  */
-export function createScaledImg(scaler: Scaler, opts: { maxWidth: number }): Interceptor {
+export function createScaledImg(scaler: Scaler, opts: { maxWidth: number; log?: FastifyBaseLogger | undefined }): Interceptor {
   const directives = new Memo(512, (value: string) => parseDirective(decodeSendData(value, SCALED_IMG_PREFIX), opts));
+  const outcomeLine = opts.log === undefined ? undefined : createDirectLine(opts.log, 'scaler', OUTCOME_FIELDS);
   return {
     name: 'send-scaled-img',
     match(head) {
       return head.statusCode === 200 && head.sendData?.startsWith(SCALED_IMG_PREFIX) === true;
     },
-    async serve({ req, res, head, log, metrics }) {
+    async serve(ctx) {
+      const { req, res, head, metrics } = ctx;
       const started = performance.now();
       let directive: ScaleDirective;
       try {
         directive = directives.get(head.sendData as string);
       } catch (err) {
-        log.error({ err, subsystem: 'scaler', outcome: 'failed' }, 'invalid send-scaled-img instruction');
+        ctx.log.error({ err, subsystem: 'scaler', outcome: 'failed' }, 'invalid send-scaled-img instruction');
         metrics?.imageResize('request-failed');
         writeError(res, new EdgeDirectiveInvalid({ cause: err }));
         return;
@@ -41,7 +46,7 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number }): Int
       const onClose = () => abort.abort();
       res.once('close', onClose);
       try {
-        const ims = req.headers['if-modified-since'];
+        const ims = rawHeader(req, 'if-modified-since');
         const outcome = await scaler.scale({
           directive,
           ifModifiedSince: ims,
@@ -60,11 +65,10 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number }): Int
         }
         if (outcome.lastModified !== undefined) headers.push('Last-Modified', outcome.lastModified);
         headers.push('X-Accel-Buffering', 'no');
-        const fields = { subsystem: 'scaler', width: directive.width, contentType: directive.contentType };
         const durationMs = () => Math.round((performance.now() - started) * 100) / 100;
         if (outcome.outcome === 'not-modified') {
           res.writeHead(304, headers).end();
-          log.info({ ...fields, outcome: 'not-modified', durationMs: durationMs() }, 'scaler');
+          logOutcome(ctx, outcomeLine, directive, 'not-modified', durationMs());
           metrics?.imageResize('success-client-cache');
           metrics?.imageResizeDuration(directive.contentType, directive.width, (performance.now() - started) / 1000);
           return;
@@ -72,17 +76,11 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number }): Int
         if (outcome.outcome === 'scaled') {
           headers.push('Content-Type', outcome.contentType, 'Content-Length', String(outcome.body.length));
           res.writeHead(200, headers).end(outcome.body);
-          log.info(
-            {
-              ...fields,
-              // 'scaled' ran a sharp job; 'cache-hit' and 'coalesced' (shared a concurrent job) did not.
-              outcome: outcome.from === 'cache' ? 'cache-hit' : outcome.from,
-              durationMs: durationMs(),
-              bytesWritten: outcome.body.length,
-              originalBytes: outcome.originalBytes,
-            },
-            'scaler',
-          );
+          // 'scaled' ran a sharp job; 'cache-hit' and 'coalesced' (shared a concurrent job) did not.
+          logOutcome(ctx, outcomeLine, directive, outcome.from === 'cache' ? 'cache-hit' : outcome.from, durationMs(), {
+            bytesWritten: outcome.body.length,
+            originalBytes: outcome.originalBytes,
+          });
           metrics?.imageResize(outcome.from === 'cache' ? 'cache-hit' : 'success');
           metrics?.imageResizeDuration(outcome.contentType, directive.width, (performance.now() - started) / 1000);
           return;
@@ -93,8 +91,16 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number }): Int
         headers.push('Content-Type', type, 'X-Content-Type-Options', 'nosniff');
         if (outcome.size !== undefined) headers.push('Content-Length', String(outcome.size));
         res.writeHead(200, headers);
-        log.warn(
-          { ...fields, outcome: 'served-original', reason: outcome.reason, originalBytes: outcome.size, err: outcome.error },
+        ctx.log.warn(
+          {
+            subsystem: 'scaler',
+            width: directive.width,
+            contentType: directive.contentType,
+            outcome: 'served-original',
+            reason: outcome.reason,
+            originalBytes: outcome.size,
+            err: outcome.error,
+          },
           'scaler served the original',
         );
         metrics?.imageResize('served-original');
@@ -102,11 +108,14 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number }): Int
         if (Buffer.isBuffer(outcome.body)) res.end(outcome.body);
         else {
           const sent = await sendBody(outcome.body, res, outcome.size);
-          if (!sent.complete && !abort.aborted) log.warn({ err: sent.err, subsystem: 'scaler' }, 'original image transfer cut');
+          if (!sent.complete && !abort.aborted) ctx.log.warn({ err: sent.err, subsystem: 'scaler' }, 'original image transfer cut');
         }
       } catch (err) {
         if (abort.aborted) return;
-        log.error({ err, subsystem: 'scaler', outcome: 'failed', durationMs: Math.round(performance.now() - started) }, 'scaler failed');
+        ctx.log.error(
+          { err, subsystem: 'scaler', outcome: 'failed', durationMs: Math.round(performance.now() - started) },
+          'scaler failed',
+        );
         metrics?.imageResize('request-failed');
         writeError(
           res,
@@ -119,6 +128,35 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number }): Int
       }
     },
   };
+}
+
+const OUTCOME_FIELDS = ['subsystem', 'width', 'contentType', 'outcome', 'durationMs', 'bytesWritten', 'originalBytes'];
+
+/**
+ * The info line of a scaled or not-modified answer, the same as
+ * `ctx.log.info({ subsystem: 'scaler', width, contentType, outcome, durationMs, …sizes }, 'scaler')`:
+ * written directly when it can be, so a cache hit makes no child logger.
+ */
+function logOutcome(
+  ctx: InterceptContext,
+  line: DirectLine | undefined,
+  directive: ScaleDirective,
+  outcome: 'not-modified' | 'cache-hit' | 'coalesced' | 'scaled',
+  durationMs: number,
+  sizes?: { bytesWritten: number; originalBytes: number },
+): void {
+  if (line === undefined) {
+    ctx.log.info(
+      { subsystem: 'scaler', width: directive.width, contentType: directive.contentType, outcome, durationMs, ...sizes },
+      'scaler',
+    );
+    return;
+  }
+  if (!line.enabled()) return;
+  line.write(
+    ctx.requestId,
+    `,"subsystem":"scaler","width":${directive.width},"contentType":${jsonString(directive.contentType)},"outcome":"${outcome}","durationMs":${durationMs}${sizes === undefined ? '' : `,"bytesWritten":${sizes.bytesWritten},"originalBytes":${sizes.originalBytes}`}`,
+  );
 }
 
 /** An AbortController made only when its signal is asked for: a 304 from a file never needs one. */
