@@ -225,6 +225,15 @@ describe('send-scaled-img', () => {
     expect(await colour('blue')).toBe('blue');
     const outcomes = logs.filter((l) => l.subsystem === 'scaler').map((l) => l.outcome);
     expect(outcomes).toEqual(['scaled', 'scaled', 'cache-hit', 'cache-hit']);
+    expect(logs.find((l) => l.outcome === 'cache-hit')).toMatchObject({
+      level: 30,
+      msg: 'scaler',
+      width: 50,
+      contentType: 'image/png',
+      durationMs: expect.any(Number),
+      bytesWritten: expect.any(Number),
+      originalBytes: red.length,
+    });
     // Each outcome line names the request it belongs to, as its access line does.
     const ids = logs.filter((l) => l.msg === 'request').map((l) => l.requestId);
     expect(new Set(ids).size).toBe(4);
