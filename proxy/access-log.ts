@@ -79,11 +79,9 @@ export function createAccessLog(log: FastifyBaseLogger): AccessLog {
   }
   return (req, res, fields) => {
     if (!line.enabled()) return;
-    const status = res.headersSent ? res.statusCode : 499;
-    const durationMs = Math.round((performance.now() - fields.started) * 1000) / 1000;
     line.write(
       fields.requestId,
-      `,"method":${jsonString(req.method as string)},"path":${jsonString(req.url as string)},"status":${status},"durationMs":${durationMs}${fields.bytes === undefined ? '' : `,"bytes":${fields.bytes}`},"remoteAddress":"${fields.peer}"${res.writableFinished ? '' : ',"aborted":true'}`,
+      `,"method":${jsonString(req.method as string)},"path":${jsonString(req.url as string)},"status":${statusOf(res)},"durationMs":${msSince(fields.started)}${fields.bytes === undefined ? '' : `,"bytes":${fields.bytes}`},"remoteAddress":"${fields.peer}"${res.writableFinished ? '' : ',"aborted":true'}`,
     );
   };
 }
@@ -94,12 +92,22 @@ export function accessObject(req: IncomingMessage, res: ServerResponse, fields: 
     requestId: fields.requestId,
     method: req.method,
     path: req.url,
-    status: res.headersSent ? res.statusCode : 499,
-    durationMs: Math.round((performance.now() - fields.started) * 1000) / 1000,
+    status: statusOf(res),
+    durationMs: msSince(fields.started),
     bytes: fields.bytes,
     remoteAddress: fields.peer,
     aborted: !res.writableFinished || undefined,
   };
+}
+
+/** The status the client got; 499 when it left before any answer. */
+function statusOf(res: ServerResponse): number {
+  return res.headersSent ? res.statusCode : 499;
+}
+
+/** Milliseconds since `started` (a `performance.now()`), to the microsecond. */
+function msSince(started: number): number {
+  return Math.round((performance.now() - started) * 1000) / 1000;
 }
 
 type PinoInternals = Record<symbol, unknown>;

@@ -72,8 +72,9 @@ export function createBatchedDestination(dest: number | string = 1, opts: Batche
         } catch (err) {
           const rest = [chunk, ...chunks.slice(i + 1)];
           if ((err as NodeJS.ErrnoException).code === 'EAGAIN') {
-            // A full non-blocking pipe: keep the rest (copied: the buffer is reused) and retry soon.
-            backlog = rest.map((b) => Buffer.from(b));
+            // A full non-blocking pipe: keep the rest and retry soon. Only what still lies in the
+            // reused buffer is copied; backlog chunks are copies already.
+            backlog = rest.map((b) => (b.buffer === buffer.buffer ? Buffer.from(b) : b));
             backlogBytes = backlog.reduce((n, b) => n + b.length, 0);
             used = 0;
             scheduled = true;

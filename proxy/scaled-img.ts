@@ -93,9 +93,7 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number; log?: 
         res.writeHead(200, headers);
         ctx.log.warn(
           {
-            subsystem: 'scaler',
-            width: directive.width,
-            contentType: directive.contentType,
+            ...outcomeFields(directive),
             outcome: 'served-original',
             reason: outcome.reason,
             originalBytes: outcome.size,
@@ -132,6 +130,11 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number; log?: 
 
 const OUTCOME_FIELDS = ['subsystem', 'width', 'contentType', 'outcome', 'durationMs', 'bytesWritten', 'originalBytes'];
 
+/** The fields every scaler outcome line starts with (the direct line below writes the same). */
+function outcomeFields(directive: ScaleDirective): { subsystem: 'scaler'; width: number; contentType: string } {
+  return { subsystem: 'scaler', width: directive.width, contentType: directive.contentType };
+}
+
 /**
  * The info line of a scaled or not-modified answer, the same as
  * `ctx.log.info({ subsystem: 'scaler', width, contentType, outcome, durationMs, …sizes }, 'scaler')`:
@@ -146,10 +149,7 @@ function logOutcome(
   sizes?: { bytesWritten: number; originalBytes: number },
 ): void {
   if (line === undefined) {
-    ctx.log.info(
-      { subsystem: 'scaler', width: directive.width, contentType: directive.contentType, outcome, durationMs, ...sizes },
-      'scaler',
-    );
+    ctx.log.info({ ...outcomeFields(directive), outcome, durationMs, ...sizes }, 'scaler');
     return;
   }
   if (!line.enabled()) return;

@@ -205,9 +205,7 @@ function createFastPath(
   }, ownPrefixes[0] ?? '');
   return (req, res) => {
     const url = req.url as string;
-    if (ownPrefixes.length > 0 && url.startsWith(shared)) {
-      for (const prefix of ownPrefixes) if (url.startsWith(prefix)) return false;
-    }
+    if (url.startsWith(shared)) for (const prefix of ownPrefixes) if (url.startsWith(prefix)) return false;
     forward(req, res, genReqId(req));
     return true;
   };
