@@ -81,9 +81,23 @@ describe('send-scaled-img', () => {
   it('answers If-Modified-Since with 304 at whole seconds, before scaling', async () => {
     const file = place('c.png', png400);
     const backend = await avatarBackend(() => ({ Location: file, Width: 64, ContentType: 'image/png' }));
-    const app = buildProxy(backend.url);
+    const logs: Record<string, unknown>[] = [];
+    const app = buildProxy(backend.url, { logs });
     const same = await app.inject({ url: '/c', headers: { 'if-modified-since': HTTP_MTIME } });
     expect(same.statusCode).toBe(304);
+    // One outcome line, bound to the request's id as its access line is.
+    const access = logs.find((l) => l.msg === 'request');
+    expect(logs.filter((l) => l.subsystem === 'scaler')).toEqual([
+      expect.objectContaining({
+        level: 30,
+        msg: 'scaler',
+        requestId: access?.requestId,
+        width: 64,
+        contentType: 'image/png',
+        outcome: 'not-modified',
+        durationMs: expect.any(Number),
+      }),
+    ]);
     expect(same.body).toBe('');
     expect(same.headers['content-type']).toBeUndefined();
     expect(same.headers['content-length']).toBeUndefined();
@@ -123,8 +137,21 @@ describe('send-scaled-img', () => {
       const file = place(name, bytes);
       const backend = await avatarBackend(() => ({ Location: file, Width: 64, ContentType: 'image/png' }));
       const started = Date.now();
-      const res = await buildProxy(backend.url, { toml: `[image_resizer]\n${toml}` }).inject({ url: `/${name}` });
+      const logs: Record<string, unknown>[] = [];
+      const res = await buildProxy(backend.url, { toml: `[image_resizer]\n${toml}`, logs }).inject({ url: `/${name}` });
       expect(res.statusCode, name).toBe(200);
+      // The warning is logged through the request's own logger, made for it on first use.
+      const access = logs.find((l) => l.msg === 'request');
+      expect(
+        logs.find((l) => l.outcome === 'served-original'),
+        name,
+      ).toMatchObject({
+        level: 40,
+        requestId: access?.requestId,
+        subsystem: 'scaler',
+        width: 64,
+        contentType: 'image/png',
+      });
       expect(res.rawPayload.equals(bytes), name).toBe(true);
       expect(res.headers['content-type'], name).toBe(type);
       expect(res.headers['content-length'], name).toBe(String(bytes.length));
