@@ -249,6 +249,8 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   readonly requestId: string;
   private readonly opts: HandlerOptions;
   private childLog: FastifyBaseLogger | undefined;
+  /** The interceptor's call, told when the client leaves before its answer is finished. */
+  private call: InterceptCall | undefined;
   /** Read now: by the time the response closes, the socket may be detached. */
   readonly peer: string;
   private readonly socket: IncomingMessage['socket'];
@@ -349,6 +351,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     const metrics = this.opts.metrics;
     metrics?.intercepted(this.res, interceptor.name);
     const ctx = new InterceptCall(this, head, metrics);
+    this.call = ctx;
     interceptor.serve(ctx).catch((err: unknown) => {
       this.log.error({ err, subsystem: interceptor.name }, 'interceptor failed');
       writeError(this.res, new EdgeInternal({ cause: err }));
@@ -362,6 +365,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     if (aborted) {
       this.clientGone = true;
       this.abortUpstream?.(new Error('client went away'));
+      this.call?.clientLeft();
     } else if (this.opts.isClosing()) {
       // A response that began before shutdown: its keep-alive connection must not outlive it.
       this.socket.end();
@@ -376,9 +380,11 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
 }
 
 /**
- * What an interceptor is handed. A class, so that the logger is made on first use through a getter
- * every instance shares: an object literal with its own getter per request costs each one a hidden
- * class of its own, and measurably more garbage-collection time under load.
+ * What an interceptor is handed. A class, so that the logger and the abort signal are made on
+ * first use through getters every instance shares: an object literal with its own getter per
+ * request costs each one a hidden class of its own, and measurably more garbage-collection time
+ * under load. The client's leaving reaches it through the handler's one close listener, so an
+ * interceptor adds none of its own.
  */
 class InterceptCall implements InterceptContext {
   readonly req: IncomingMessage;
@@ -386,7 +392,9 @@ class InterceptCall implements InterceptContext {
   readonly requestId: string;
   readonly head: ResponseHead;
   readonly metrics: Metrics | undefined;
+  clientGone = false;
   private readonly handler: ForwardHandler;
+  private controller: AbortController | undefined;
 
   constructor(handler: ForwardHandler, head: ResponseHead, metrics: Metrics | undefined) {
     this.handler = handler;
@@ -399,5 +407,18 @@ class InterceptCall implements InterceptContext {
 
   get log(): FastifyBaseLogger {
     return this.handler.log;
+  }
+
+  get signal(): AbortSignal {
+    if (this.controller === undefined) {
+      this.controller = new AbortController();
+      if (this.clientGone) this.controller.abort();
+    }
+    return this.controller.signal;
+  }
+
+  clientLeft(): void {
+    this.clientGone = true;
+    this.controller?.abort();
   }
 }

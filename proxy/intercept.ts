@@ -31,6 +31,10 @@ export interface InterceptContext {
   head: ResponseHead;
   /** A logger bound to this request id, made when first read. */
   readonly log: FastifyBaseLogger;
+  /** True once the client has left before its answer was finished. */
+  readonly clientGone: boolean;
+  /** Aborted when the client leaves before its answer is finished; made when first read. */
+  readonly signal: AbortSignal;
   /** Set when `prometheus_listen_addr` is. */
   metrics: Metrics | undefined;
 }

@@ -42,19 +42,10 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number; log?: 
         writeError(res, new EdgeDirectiveInvalid({ cause: err }));
         return;
       }
-      const abort = new LazyAbort();
-      const onClose = () => abort.abort();
-      res.once('close', onClose);
       try {
-        const ims = rawHeader(req, 'if-modified-since');
-        const outcome = await scaler.scale({
-          directive,
-          ifModifiedSince: ims,
-          get signal() {
-            return abort.signal;
-          },
-        });
-        if (abort.aborted) {
+        // The call's signal is made only if a wait or a fetch asks for it.
+        const outcome = await scaler.scale({ directive, ifModifiedSince: rawHeader(req, 'if-modified-since'), client: ctx });
+        if (ctx.clientGone) {
           if (outcome.outcome === 'served-original' && outcome.body instanceof Readable) outcome.body.destroy();
           return;
         }
@@ -65,10 +56,9 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number; log?: 
         }
         if (outcome.lastModified !== undefined) headers.push('Last-Modified', outcome.lastModified);
         headers.push('X-Accel-Buffering', 'no');
-        const durationMs = () => Math.round((performance.now() - started) * 100) / 100;
         if (outcome.outcome === 'not-modified') {
           res.writeHead(304, headers).end();
-          logOutcome(ctx, outcomeLine, directive, 'not-modified', durationMs());
+          logOutcome(ctx, outcomeLine, directive, 'not-modified', msSince(started));
           metrics?.imageResize('success-client-cache');
           metrics?.imageResizeDuration(directive.contentType, directive.width, (performance.now() - started) / 1000);
           return;
@@ -77,7 +67,7 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number; log?: 
           headers.push('Content-Type', outcome.contentType, 'Content-Length', String(outcome.body.length));
           res.writeHead(200, headers).end(outcome.body);
           // 'scaled' ran a sharp job; 'cache-hit' and 'coalesced' (shared a concurrent job) did not.
-          logOutcome(ctx, outcomeLine, directive, outcome.from === 'cache' ? 'cache-hit' : outcome.from, durationMs(), {
+          logOutcome(ctx, outcomeLine, directive, outcome.from === 'cache' ? 'cache-hit' : outcome.from, msSince(started), {
             bytesWritten: outcome.body.length,
             originalBytes: outcome.originalBytes,
           });
@@ -106,10 +96,10 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number; log?: 
         if (Buffer.isBuffer(outcome.body)) res.end(outcome.body);
         else {
           const sent = await sendBody(outcome.body, res, outcome.size);
-          if (!sent.complete && !abort.aborted) ctx.log.warn({ err: sent.err, subsystem: 'scaler' }, 'original image transfer cut');
+          if (!sent.complete && !ctx.clientGone) ctx.log.warn({ err: sent.err, subsystem: 'scaler' }, 'original image transfer cut');
         }
       } catch (err) {
-        if (abort.aborted) return;
+        if (ctx.clientGone) return;
         ctx.log.error(
           { err, subsystem: 'scaler', outcome: 'failed', durationMs: Math.round(performance.now() - started) },
           'scaler failed',
@@ -121,8 +111,6 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number; log?: 
             ? new EdgeDirectiveInvalid()
             : new EdgeSourceUnavailable({ cause: err }),
         );
-      } finally {
-        res.off('close', onClose);
       }
     },
   };
@@ -159,46 +147,38 @@ function logOutcome(
   );
 }
 
-/** An AbortController made only when its signal is asked for: a 304 from a file never needs one. */
-class LazyAbort {
-  private controller: AbortController | undefined;
-  aborted = false;
-
-  get signal(): AbortSignal {
-    this.controller ??= new AbortController();
-    if (this.aborted) this.controller.abort();
-    return this.controller.signal;
-  }
-
-  abort(): void {
-    this.aborted = true;
-    this.controller?.abort();
-  }
+/** Milliseconds since `started` (a `performance.now()`), to 10 µs. */
+function msSince(started: number): number {
+  return Math.round((performance.now() - started) * 100) / 100;
 }
 
 /**
- * The last `size` results of a pure function of a string, least recently used dropped first:
- * avatars repeat, so most directives are decoded and validated once. Failures are not kept.
+ * Recent results of a pure function of a string, at most `size`: avatars repeat, so most
+ * directives are decoded and validated once. Two generations instead of an exact LRU, so a hit
+ * is one lookup and moves nothing: a key asked again since the current generation began is in
+ * it; one from the generation before is carried over; older ones are computed again. Failures
+ * are not kept.
  */
 class Memo<T> {
-  private readonly entries = new Map<string, T>();
-  private readonly size: number;
+  private recent = new Map<string, T>();
+  private older = new Map<string, T>();
+  private readonly half: number;
   private readonly compute: (key: string) => T;
 
   constructor(size: number, compute: (key: string) => T) {
-    this.size = size;
+    this.half = Math.max(1, size >> 1);
     this.compute = compute;
   }
 
   get(key: string): T {
-    let value = this.entries.get(key);
-    if (value !== undefined) {
-      this.entries.delete(key);
-    } else {
-      value = this.compute(key);
-      if (this.entries.size >= this.size) this.entries.delete(this.entries.keys().next().value as string);
+    let value = this.recent.get(key);
+    if (value !== undefined) return value;
+    value = this.older.get(key) ?? this.compute(key);
+    if (this.recent.size >= this.half) {
+      this.older = this.recent;
+      this.recent = new Map();
     }
-    this.entries.set(key, value);
+    this.recent.set(key, value);
     return value;
   }
 }

@@ -9,15 +9,26 @@ export interface CachedImage {
 /** Bytes an entry costs besides its body: the key, the Map slot, the object. */
 const ENTRY_OVERHEAD = 160;
 
+/** An entry in recency order: a doubly linked list, so a hit moves it without touching the Map. */
+interface Node {
+  key: string;
+  image: CachedImage;
+  cost: number;
+  older: Node | undefined;
+  newer: Node | undefined;
+}
+
 /**
  * Scaled images kept in memory, bounded by bytes (`cache_max_bytes`), least recently used evicted
  * first. Keys carry everything that determines the output (see `cacheKey`), so a changed source
  * is simply a different key and its old entry ages out. A capacity of 0 keeps nothing.
  */
 export class ScaledCache {
-  private readonly entries = new Map<string, CachedImage>();
+  private readonly entries = new Map<string, Node>();
   private readonly capacity: number;
   private used = 0;
+  private oldest: Node | undefined;
+  private newest: Node | undefined;
 
   constructor(capacity: number) {
     this.capacity = capacity;
@@ -34,29 +45,47 @@ export class ScaledCache {
   }
 
   get(key: string): CachedImage | undefined {
-    const hit = this.entries.get(key);
-    if (hit === undefined) return undefined;
-    // Most recently used last: Map keeps insertion order.
-    this.entries.delete(key);
-    this.entries.set(key, hit);
-    return hit;
+    const node = this.entries.get(key);
+    if (node === undefined) return undefined;
+    if (node !== this.newest) {
+      this.unlink(node);
+      this.append(node);
+    }
+    return node.image;
   }
 
   set(key: string, image: CachedImage): void {
     const cost = image.body.length + key.length + ENTRY_OVERHEAD;
     if (cost > this.capacity) return;
     const old = this.entries.get(key);
-    if (old !== undefined) {
-      this.entries.delete(key);
-      this.used -= old.body.length + key.length + ENTRY_OVERHEAD;
-    }
-    this.entries.set(key, image);
+    if (old !== undefined) this.remove(old);
+    const node: Node = { key, image, cost, older: undefined, newer: undefined };
+    this.entries.set(key, node);
+    this.append(node);
     this.used += cost;
-    for (const [oldest, entry] of this.entries) {
-      if (this.used <= this.capacity) break;
-      this.entries.delete(oldest);
-      this.used -= entry.body.length + oldest.length + ENTRY_OVERHEAD;
-    }
+    while (this.used > this.capacity && this.oldest !== undefined) this.remove(this.oldest);
+  }
+
+  private remove(node: Node): void {
+    this.entries.delete(node.key);
+    this.unlink(node);
+    this.used -= node.cost;
+  }
+
+  private unlink(node: Node): void {
+    if (node.older === undefined) this.oldest = node.newer;
+    else node.older.newer = node.newer;
+    if (node.newer === undefined) this.newest = node.older;
+    else node.newer.older = node.older;
+    node.older = undefined;
+    node.newer = undefined;
+  }
+
+  private append(node: Node): void {
+    node.older = this.newest;
+    if (this.newest === undefined) this.oldest = node;
+    else this.newest.newer = node;
+    this.newest = node;
   }
 }
 

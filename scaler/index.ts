@@ -29,10 +29,15 @@ export interface OpenedImage {
   identity: string | undefined;
 }
 
+/** Whose leaving cancels the work: its `signal` is read only when a wait or a fetch needs it. */
+export interface ClientSignal {
+  readonly signal: AbortSignal;
+}
+
 /** Opens originals; throws `ScaleError('EDGE_SOURCE_UNAVAILABLE')` when it cannot. */
 export interface ImageSource {
-  /** `signal()` is called only when a cancellable operation needs it (a fetch); a file never does. */
-  open(location: ImageLocation, signal: () => AbortSignal): Promise<OpenedImage>;
+  /** `client.signal` is read only when a cancellable operation needs it (a fetch); a file never does. */
+  open(location: ImageLocation, client: ClientSignal): Promise<OpenedImage>;
 }
 
 export interface ScalerOptions {
@@ -48,10 +53,10 @@ export interface ScaleRequest {
   directive: ScaleDirective;
   ifModifiedSince: string | undefined;
   /**
-   * Aborted when the client goes away. Read only when a wait or a fetch needs it, so a caller may
-   * make it on demand: a 304 from a file never asks for it.
+   * Its signal is aborted when the client goes away. Read only when a wait or a fetch needs it,
+   * so a caller may make it on demand: a 304 or a cache hit from a file never asks for it.
    */
-  readonly signal: AbortSignal;
+  client: ClientSignal;
 }
 
 export type OriginalReason =
@@ -96,6 +101,20 @@ export interface Scaler {
 const CONTENT_TYPES: Record<ImageFormat, 'image/png' | 'image/jpeg'> = { png: 'image/png', jpeg: 'image/jpeg' };
 
 /**
+ * The last cache key made for each directive, with the identity it was made from: a directive
+ * asked again for unchanged bytes reuses its key, and with it the hash V8 keeps in the string.
+ * Directives come from a memo of the instruction header, so the same avatar is the same object.
+ */
+const lastKeys = new WeakMap<ScaleDirective, { identity: string; key: string }>();
+function keyFor(directive: ScaleDirective, identity: string): string {
+  const last = lastKeys.get(directive);
+  if (last !== undefined && last.identity === identity) return last.key;
+  const key = cacheKey(identity, directive.width, RENDER_SETTINGS);
+  lastKeys.set(directive, { identity, key });
+  return key;
+}
+
+/**
  * The image scaler, Workhorse's order of checks: Last-Modified and 304 before any byte is read;
  * then the original is served as it is when it is too large, too small, not PNG/JPEG, all slots
  * are busy, it has too many pixels, or it is not wider than asked; otherwise sharp scales it.
@@ -112,19 +131,27 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
 
   async function scale(req: ScaleRequest): Promise<ScaleOutcome> {
     const { directive } = req;
-    const image = await source.open(directive.location, () => req.signal);
+    const image = await source.open(directive.location, req.client);
     const modified = lastModified(image.mtimeMs);
     if (isNotModified(req.ifModifiedSince, image.mtimeMs)) {
       image.discard();
       return { outcome: 'not-modified', lastModified: modified };
     }
-    const key = image.identity === undefined ? undefined : cacheKey(image.identity, directive.width, RENDER_SETTINGS);
+    const key = image.identity === undefined ? undefined : keyFor(directive, image.identity);
     let settle: ((image: CachedImage | undefined) => void) | undefined;
     if (key !== undefined) {
       const hit = cache.get(key);
       if (hit !== undefined) {
         image.discard();
-        return { outcome: 'scaled', from: 'cache', ...hit, lastModified: modified };
+        return {
+          outcome: 'scaled',
+          from: 'cache',
+          body: hit.body,
+          contentType: hit.contentType,
+          width: hit.width,
+          originalBytes: hit.originalBytes,
+          lastModified: modified,
+        };
       }
       const pending = inflight.get(key);
       if (pending !== undefined) {
@@ -209,7 +236,7 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
           // Corrupt data behind valid magic bytes, a truncated file: nothing was sent yet.
           return { error };
         }
-      }, req.signal)
+      }, req.client.signal)
       .catch((err: unknown) => {
         prefix.release();
         throw err;

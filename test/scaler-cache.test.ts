@@ -1,4 +1,4 @@
-import { mkdtempSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, renameSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
@@ -65,6 +65,25 @@ describe('the scaled-image cache', () => {
     expect(outcomes(logs).at(-1)).toBe('cache-hit');
   });
 
+  it('misses when only the mtime changed, or when a file of the same size and mtime was renamed over it', async () => {
+    const file = place('m.png', png400);
+    const backend = await avatarBackend(() => file);
+    const logs: Record<string, unknown>[] = [];
+    const proxy = await startProxy(backend.url, { logs });
+    await get(`${proxy.url}/m?w=48`);
+    await get(`${proxy.url}/m?w=48`);
+    // The same bytes, touched: a new mtime is a new source.
+    utimesSync(file, new Date('2026-03-06T00:00:00Z'), new Date('2026-03-06T00:00:00Z'));
+    await get(`${proxy.url}/m?w=48`);
+    await get(`${proxy.url}/m?w=48`);
+    // The same bytes, size and mtime, but another file (a deploy's rename over the old one).
+    const next = place('m.next.png', png400, new Date('2026-03-06T00:00:00Z'));
+    renameSync(next, file);
+    await get(`${proxy.url}/m?w=48`);
+    await get(`${proxy.url}/m?w=48`);
+    expect(outcomes(logs)).toEqual(['scaled', 'cache-hit', 'scaled', 'cache-hit', 'scaled', 'cache-hit']);
+  });
+
   it('evicts the least recently used entry at its byte bound, and keeps nothing at 0', async () => {
     const file = place('b.png', png400);
     const backend = await avatarBackend(() => file);
@@ -94,6 +113,30 @@ describe('the scaled-image cache', () => {
     expect(cache.bytes).toBeLessThanOrEqual(1000);
     cache.set('huge', image(5000)); // larger than the whole cache: not kept, nothing evicted for it
     expect([cache.size, cache.get('huge')]).toEqual([2, undefined]);
+  });
+
+  it('evicts in least-recently-used order through hits, replacements and evictions, and counts its bytes exactly', () => {
+    const cost = 100 + 1 + 160; // body, one-letter key, overhead
+    const cache = new ScaledCache(4 * cost);
+    const image = (n: number) => ({ body: Buffer.alloc(n), contentType: 'image/png' as const, width: 1, originalBytes: 1 });
+    const held = () => ['a', 'b', 'c', 'd', 'e', 'f'].filter((k) => cache.get(k) !== undefined);
+    for (const k of ['a', 'b', 'c', 'd']) cache.set(k, image(100));
+    expect(cache.bytes).toBe(4 * cost);
+    cache.get('a'); // order now b, c, d, a
+    cache.get('c'); // b, d, a, c
+    cache.set('e', image(100)); // evicts b
+    expect(cache.size).toBe(4);
+    cache.set('d', image(100)); // a replacement is the most recent: a, c, e, d
+    cache.set('f', image(100)); // evicts a
+    cache.get('e'); // c, d, f, e
+    cache.set('b', image(100)); // evicts c
+    expect([cache.get('a'), cache.get('c')]).toEqual([undefined, undefined]);
+    expect([cache.size, cache.bytes]).toEqual([4, 4 * cost]);
+    // Reading them all in this order leaves them so: b, d, e, f all held.
+    expect(held()).toEqual(['b', 'd', 'e', 'f']);
+    cache.set('a', image(100 + cost)); // costs two slots: the two least recent (b, d) go
+    expect(held()).toEqual(['a', 'e', 'f']);
+    expect(cache.bytes).toBe(cost + cost + (100 + cost + 1 + 160));
   });
 });
 
