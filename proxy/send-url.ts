@@ -28,7 +28,8 @@ export function createSendUrl(outbound: Outbound): Interceptor {
     match(head) {
       return head.statusCode === 200 && head.sendData?.startsWith(SEND_URL_PREFIX) === true;
     },
-    async serve({ req, res, head, log }) {
+    async serve(ctx) {
+      const { req, res, head, log } = ctx;
       let url: string;
       let allowRedirects: boolean;
       try {
@@ -50,16 +51,12 @@ export function createSendUrl(outbound: Outbound): Interceptor {
         const value = req.headers[name];
         if (typeof value === 'string') headers[name] = value;
       }
-      const abort = new AbortController();
-      const onClose = () => abort.abort();
-      res.once('close', onClose);
       const started = performance.now();
       let upstream: Awaited<ReturnType<Outbound['request']>>;
       try {
-        upstream = await outbound.request(url, { headers, allowRedirects, signal: abort.signal });
+        upstream = await outbound.request(url, { headers, allowRedirects, signal: ctx.signal });
       } catch (err) {
-        res.off('close', onClose);
-        if (abort.signal.aborted) return;
+        if (ctx.clientGone) return;
         const code = (err as { code?: string }).code;
         const timeout = code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT';
         log.warn({ err, subsystem: 'send-url', url: redact(url), status: 'request-failed' }, 'send-url request failed');
@@ -69,7 +66,6 @@ export function createSendUrl(outbound: Outbound): Interceptor {
 
       if (upstream.statusCode >= 400) {
         sendOriginError(res, head.headers, upstream);
-        res.off('close', onClose);
         log.warn({ subsystem: 'send-url', url: redact(url), status: upstream.statusCode }, 'send-url origin answered an error');
         return;
       }
@@ -106,10 +102,8 @@ export function createSendUrl(outbound: Outbound): Interceptor {
           'send-url succeeded',
         );
       } catch (err) {
-        if (!abort.signal.aborted) log.warn({ err, subsystem: 'send-url', url: redact(url), bytes }, 'send-url transfer cut off');
+        if (!ctx.clientGone) log.warn({ err, subsystem: 'send-url', url: redact(url), bytes }, 'send-url transfer cut off');
         res.destroy();
-      } finally {
-        res.off('close', onClose);
       }
     },
   };

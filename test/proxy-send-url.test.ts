@@ -158,6 +158,53 @@ describe('send-url', () => {
 });
 
 describe('the send-data payload', () => {
+  it('cancels the origin request when the client leaves, before the origin answers or mid-body, and logs no failure', async () => {
+    // An origin that holds /slow unanswered and sends half of /half, each until its connection closes.
+    const closed: string[] = [];
+    const store = await startBackend((req, res) => {
+      req.socket.once('close', () => closed.push(req.url as string));
+      if (req.url === '/file') return void res.end(CONTENT);
+      if (req.url === '/half') {
+        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': 2 * CONTENT.length });
+        res.write(CONTENT);
+      }
+    });
+    let target = '/slow';
+    const backend = await startBackend((_req, res) => {
+      res.writeHead(200, { 'gitlab-workhorse-send-data': sendUrl({ URL: `${store.url}${target}`, AllowRedirects: false }) });
+      res.end();
+    });
+    const logs: Record<string, unknown>[] = [];
+    const proxy = await startProxy(backend.url, { logs });
+    const until = async (what: string) => {
+      for (let i = 0; i < 200 && !closed.includes(what); i++) await new Promise((r) => setTimeout(r, 10));
+      return closed.includes(what);
+    };
+
+    const early = new AbortController();
+    const pending = request(`${proxy.url}/a`, { signal: early.signal }).catch((err: Error) => err);
+    for (let i = 0; i < 200 && !store.requests.some((r) => r.url === '/slow'); i++) await new Promise((r) => setTimeout(r, 10));
+    early.abort();
+    expect(await pending).toBeInstanceOf(Error);
+    expect(await until('/slow')).toBe(true);
+
+    target = '/half';
+    const res = await request(`${proxy.url}/b`);
+    expect(res.statusCode).toBe(200);
+    for await (const chunk of res.body) {
+      expect(chunk.length).toBeGreaterThan(0);
+      res.body.destroy();
+      break;
+    }
+    expect(await until('/half')).toBe(true);
+
+    const failures = logs.filter((l) => l.subsystem === 'send-url' && (l.level as number) >= 40);
+    expect(failures).toEqual([]);
+    // Outrider keeps serving.
+    target = '/file';
+    expect((await request(`${proxy.url}/c`)).statusCode).toBe(200);
+  });
+
   it('accepts URL-safe and standard base64, with or without padding, keys in any case', () => {
     const payload = { URL: 'http://a/?x=>>>', AllowRedirects: true };
     const json = Buffer.from(JSON.stringify(payload));
