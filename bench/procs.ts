@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,6 +24,17 @@ export const EDGE_NODE_ARGS: readonly string[] = (readFileSync(cli, 'utf8').spli
 export interface Proc {
   child: ChildProcess;
   port: number;
+}
+
+/** Files and directories made for the processes a benchmark starts: removed when it exits. */
+const scratch: string[] = [];
+export function removeOnExit(path: string): void {
+  if (scratch.length === 0) {
+    process.on('exit', () => {
+      for (const p of scratch) rmSync(p, { recursive: true, force: true });
+    });
+  }
+  scratch.push(path);
 }
 
 export async function freePort(): Promise<number> {
@@ -69,6 +80,7 @@ export async function startEdge(originPort: number, opts: EdgeOptions): Promise<
   const port = await freePort();
   const stem = join(tmpdir(), `outrider-bench-${process.pid}-${opts.name}`);
   const secretPath = `${stem}.secret`;
+  for (const p of [secretPath, `${stem}.toml`, `${stem}-uploads`]) removeOnExit(p);
   writeFileSync(secretPath, randomBytes(32).toString('base64'), { mode: 0o600 });
   const base = `listen_addr = "127.0.0.1:${port}"\nauth_backend = "http://127.0.0.1:${originPort}"\nsecret_path = "${secretPath}"\n`;
   const uploads = `[uploads]\ntemp_dir = "${stem}-uploads"\n[[uploads.routes]]\nmethod = "POST"\npath = "^/uploads/"\npreauthorize = false\n`;

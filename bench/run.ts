@@ -6,14 +6,15 @@ import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 import { render } from '../scaler/scale.js';
 import { avatarFiles, COPIES } from './images.js';
-import { cpuMs, freePort, type Proc, startEdge, startOrigin, uploadBody } from './procs.js';
+import { cpuMs, freePort, type Proc, removeOnExit, startEdge, startOrigin, uploadBody } from './procs.js';
 import { type Scenario, scenarios } from './scenarios.js';
 
 /**
  * `npm run bench`: spawns the origin backend and Outrider as separate processes, runs every
  * scenario with autocannon for BENCH_DURATION seconds, BENCH_ROUNDS times interleaved (so machine
- * noise hits all alike), and prints medians and ratios measured in the same round. JSON goes to
- * bench/results/. BENCH_ONLY=name,name limits the scenarios.
+ * noise hits all alike; every other round in reverse order), and prints medians and ratios measured
+ * in the same round. JSON goes to bench/results/; the files and directories made for the processes
+ * are removed on exit. BENCH_ONLY=name,name limits the scenarios.
  */
 const here = fileURLToPath(new URL('.', import.meta.url));
 const duration = Number(process.env.BENCH_DURATION ?? 10);
@@ -47,6 +48,7 @@ async function startNginx(originPort: number): Promise<Proc | undefined> {
   if (bin === undefined) return undefined;
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'outrider-bench-nginx-'));
+  removeOnExit(dir);
   const imageFilter = ['/usr/lib/nginx/modules/ngx_http_image_filter_module.so'].find((p) => existsSync(p));
   const conf = `${imageFilter === undefined ? '' : `load_module ${imageFilter};`}
 worker_processes 1;
@@ -194,14 +196,22 @@ async function main(): Promise<void> {
   const ratios = new Map<string, number[]>();
   try {
     for (let round = 1; round <= rounds; round++) {
+      // Every other round runs the scenarios in reverse order, so that a machine growing busier or
+      // quieter during a round does not favour the scenarios that come first (ABBA counterbalancing).
+      const order = round % 2 === 1 ? selected : [...selected].reverse();
       const thisRound = new Map<string, Sample>();
-      for (const s of selected) {
+      for (const s of order) {
         const sample = await runOne(s, procs);
         thisRound.set(s.name, sample);
         samples.set(s.name, [...(samples.get(s.name) ?? []), sample]);
-        const base = s.baseline === undefined ? undefined : thisRound.get(s.baseline);
-        if (base !== undefined && base.requests > 0) ratios.set(s.name, [...(ratios.get(s.name) ?? []), sample.requests / base.requests]);
         process.stderr.write(`round ${round}/${rounds} ${s.name}: ${Math.round(sample.requests)} req/s, p99 ${sample.p99} ms\n`);
+      }
+      for (const s of selected) {
+        const sample = thisRound.get(s.name);
+        const base = s.baseline === undefined ? undefined : thisRound.get(s.baseline);
+        if (sample !== undefined && base !== undefined && base.requests > 0) {
+          ratios.set(s.name, [...(ratios.get(s.name) ?? []), sample.requests / base.requests]);
+        }
       }
     }
   } finally {
