@@ -174,15 +174,15 @@ describe('the example app in Chromium', () => {
       expect(outcomes.has('scaled')).toBe(true);
 
       // Reload: the avatars are stale at once (max-age=0, must-revalidate), so each one the browser
-      // holds is asked again with If-Modified-Since, and Outrider answers 304 without scaling.
-      // A candidate the first load never fetched (its cell showed the 2x one another cell had
-      // loaded) may be asked fresh now: that is a plain 200, scaled or from Outrider's cache.
+      // holds (it had a response for it) is asked again with If-Modified-Since, and Outrider
+      // answers 304 without scaling. A candidate the first load never fetched (its cell showed the
+      // 2x one another cell had loaded) may be asked fresh now: a plain 200, scaled or from the cache.
       const before = responses.length;
       const logged = logs.length;
       const held = new Set(
         responses
           .slice(0, before)
-          .filter((r) => r.path.startsWith('/avatars/') && r.status === 200)
+          .filter((r) => r.path.startsWith('/avatars/'))
           .map((r) => r.path),
       );
       await page.reload({ waitUntil: 'load' });
@@ -204,15 +204,17 @@ describe('the example app in Chromium', () => {
       expect(unasked, 'cells none of whose candidates the reload asked for').toEqual([]);
       expect(asked.filter((r) => !offered.has(r.path))).toEqual([]);
       expect(reasked.size).toBe(asked.length);
-      // What the browser held it revalidated, and got 304; what it did not hold it asked plainly.
+      // What the browser held it revalidated (If-Modified-Since); what it did not, it asked plainly.
       expect(asked.filter((r) => r.conditional !== held.has(r.path))).toEqual([]);
-      expect(asked.filter((r) => r.status !== (r.conditional ? 304 : 200))).toEqual([]);
-      expect(asked.filter((r) => r.conditional).length, 'revalidated with 304').toBeGreaterThan(0);
-      // Outrider logged each as the browser saw it, and the 304s did not touch the scaler.
+      expect(asked.filter((r) => r.conditional).length, 'revalidations').toBeGreaterThan(0);
+      expect(asked.filter((r) => !r.conditional && r.status !== 200)).toEqual([]);
+      // Outrider answered every revalidation 304, without scaling, and every plain request 200. Its
+      // access log says what it answered: for a revalidated image, Chromium at times reports the
+      // status of the cached 200 it shows, not the 304 that revalidated it.
       const edge = logs.slice(logged).filter((l) => String(l.path).startsWith('/avatars/'));
-      expect(edge.map((l) => `${l.path} ${l.status}`).sort()).toEqual(asked.map((r) => `${r.path} ${r.status}`).sort());
+      expect(edge.map((l) => `${l.path} ${l.status}`).sort()).toEqual(asked.map((r) => `${r.path} ${r.conditional ? 304 : 200}`).sort());
       const reloaded = logs.slice(logged).filter((l) => l.subsystem === 'scaler');
-      expect(reloaded.filter((l) => l.outcome === 'not-modified')).toHaveLength(asked.filter((r) => r.status === 304).length);
+      expect(reloaded.filter((l) => l.outcome === 'not-modified')).toHaveLength(asked.filter((r) => r.conditional).length);
       expect(reloaded.filter((l) => !['not-modified', 'scaled', 'cache-hit', 'coalesced'].includes(String(l.outcome)))).toEqual([]);
       expect(reloaded).toHaveLength(asked.length);
 
