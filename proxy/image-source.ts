@@ -94,13 +94,18 @@ class OpenedFile implements OpenedImage {
 }
 
 /**
- * What identifies a file's bytes for the scaled-image cache: its path, device and inode, mtime and
- * size. The string is made once per path while they stay the same (an avatar is asked for again
+ * What identifies a file's bytes for the scaled-image cache: its path, device and inode, mtime,
+ * ctime and size. The ctime catches a file rewritten in place whose mtime was put back (`cp -p`,
+ * `rsync -t`, `tar`): no tool can set it; a chmod or a new hard link also changes it, which only
+ * costs one scaling again. The string is made once per path while they stay the same (an avatar is asked for again
  * and again), so a cache hit builds no key. Up to 4096 paths are remembered, the first seen
  * forgotten first; a forgotten path only costs its string again.
  */
 class FileIdentities {
-  private readonly byPath = new Map<string, { dev: number; ino: number; mtimeMs: number; size: number; identity: string }>();
+  private readonly byPath = new Map<
+    string,
+    { dev: number; ino: number; mtimeMs: number; ctimeMs: number; size: number; identity: string }
+  >();
 
   of(path: string, info: Stats): string {
     const known = this.byPath.get(path);
@@ -109,13 +114,14 @@ class FileIdentities {
       known.dev === info.dev &&
       known.ino === info.ino &&
       known.mtimeMs === info.mtimeMs &&
+      known.ctimeMs === info.ctimeMs &&
       known.size === info.size
     ) {
       return known.identity;
     }
-    const identity = `file:${path}\u0000${info.dev}:${info.ino}\u0000${info.mtimeMs}\u0000${info.size}`;
+    const identity = `file:${path}\u0000${info.dev}:${info.ino}\u0000${info.mtimeMs}:${info.ctimeMs}\u0000${info.size}`;
     if (known === undefined && this.byPath.size >= 4096) this.byPath.delete(this.byPath.keys().next().value as string);
-    this.byPath.set(path, { dev: info.dev, ino: info.ino, mtimeMs: info.mtimeMs, size: info.size, identity });
+    this.byPath.set(path, { dev: info.dev, ino: info.ino, mtimeMs: info.mtimeMs, ctimeMs: info.ctimeMs, size: info.size, identity });
     return identity;
   }
 }
