@@ -31,8 +31,17 @@ const scratch: string[] = [];
 export function removeOnExit(path: string): void {
   if (scratch.length === 0) {
     process.on('exit', () => {
-      for (const p of scratch) rmSync(p, { recursive: true, force: true });
+      for (const p of scratch) {
+        try {
+          rmSync(p, { recursive: true, force: true });
+        } catch {
+          // A child still writing into it as it stops: what is left is only a temp file.
+        }
+      }
     });
+    // Ctrl-C or a kill ends the benchmark through 'exit', so its children stop and this runs.
+    process.once('SIGINT', () => process.exit(130));
+    process.once('SIGTERM', () => process.exit(143));
   }
   scratch.push(path);
 }

@@ -241,7 +241,8 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   private resume: (() => void) | undefined;
   private intercepted = false;
   private discarded = 0;
-  private clientGone = false;
+  /** Read by the interceptor's call it makes, should the client already have left. */
+  clientGone = false;
   private readonly started = performance.now();
   private bytes = 0;
   readonly req: IncomingMessage;
@@ -398,6 +399,7 @@ class InterceptCall implements InterceptContext {
 
   constructor(handler: ForwardHandler, head: ResponseHead, metrics: Metrics | undefined) {
     this.handler = handler;
+    this.clientGone = handler.clientGone;
     this.req = handler.req;
     this.res = handler.res;
     this.requestId = handler.requestId;

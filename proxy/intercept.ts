@@ -31,9 +31,12 @@ export interface InterceptContext {
   head: ResponseHead;
   /** A logger bound to this request id, made when first read. */
   readonly log: FastifyBaseLogger;
-  /** True once the client has left before its answer was finished. */
+  /**
+   * True once the client has left before the whole answer was written out (to the socket: an
+   * answer ended and flushed counts as delivered, whatever the client then reads of it).
+   */
   readonly clientGone: boolean;
-  /** Aborted when the client leaves before its answer is finished; made when first read. */
+  /** Aborted when `clientGone` becomes true; made when first read. */
   readonly signal: AbortSignal;
   /** Set when `prometheus_listen_addr` is. */
   metrics: Metrics | undefined;

@@ -43,7 +43,7 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number; log?: 
         return;
       }
       try {
-        // The call's signal is made only if a wait or a fetch asks for it.
+        // The call's signal is made only if scaling or a fetch asks for it: never for a hit or a 304.
         const outcome = await scaler.scale({ directive, ifModifiedSince: rawHeader(req, 'if-modified-since'), client: ctx });
         if (ctx.clientGone) {
           if (outcome.outcome === 'served-original' && outcome.body instanceof Readable) outcome.body.destroy();

@@ -23,13 +23,13 @@ export interface OpenedImage {
   /** Releases the source without reading it (not modified, client gone). */
   discard(): void;
   /**
-   * What identifies these exact bytes (a path with its inode, mtime and size; a URL with its
+   * What identifies these exact bytes (a path with its inode, mtime, ctime and size; a URL with its
    * validators), or undefined when nothing does: then the result is neither cached nor shared.
    */
   identity: string | undefined;
 }
 
-/** Whose leaving cancels the work: its `signal` is read only when a wait or a fetch needs it. */
+/** Whose leaving cancels the work: its `signal` is read only when scaling or a fetch needs it. */
 export interface ClientSignal {
   readonly signal: AbortSignal;
 }
@@ -53,8 +53,8 @@ export interface ScaleRequest {
   directive: ScaleDirective;
   ifModifiedSince: string | undefined;
   /**
-   * Its signal is aborted when the client goes away. Read only when a wait or a fetch needs it,
-   * so a caller may make it on demand: a 304 or a cache hit from a file never asks for it.
+   * Its signal is aborted when the client goes away. Read only when scaling (for its slot) or a
+   * fetch needs it, so a caller may make it on demand: a 304 or a cache hit from a file never asks.
    */
   client: ClientSignal;
 }

@@ -155,9 +155,6 @@ describe('send-url', () => {
     expect(res.statusCode).toBe(502);
     expect(res.body).not.toContain('127.0.0.1');
   });
-});
-
-describe('the send-data payload', () => {
   it('cancels the origin request when the client leaves, before the origin answers or mid-body, and logs no failure', async () => {
     // An origin that holds /slow unanswered and sends half of /half, each until its connection closes.
     const closed: string[] = [];
@@ -204,7 +201,9 @@ describe('the send-data payload', () => {
     target = '/file';
     expect((await request(`${proxy.url}/c`)).statusCode).toBe(200);
   });
+});
 
+describe('the send-data payload', () => {
   it('accepts URL-safe and standard base64, with or without padding, keys in any case', () => {
     const payload = { URL: 'http://a/?x=>>>', AllowRedirects: true };
     const json = Buffer.from(JSON.stringify(payload));
