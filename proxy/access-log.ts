@@ -105,9 +105,9 @@ function statusOf(res: ServerResponse): number {
   return res.headersSent ? res.statusCode : 499;
 }
 
-/** Milliseconds since `started` (a `performance.now()`), to the microsecond. */
-function msSince(started: number): number {
-  return Math.round((performance.now() - started) * 1000) / 1000;
+/** Milliseconds since `started` (a `performance.now()`), to the microsecond or, with `perMs` 100, to 10 µs. */
+export function msSince(started: number, perMs = 1000): number {
+  return Math.round((performance.now() - started) * perMs) / perMs;
 }
 
 type PinoInternals = Record<symbol, unknown>;

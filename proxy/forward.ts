@@ -241,7 +241,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   private resume: (() => void) | undefined;
   private intercepted = false;
   private discarded = 0;
-  /** Read by the interceptor's call it makes, should the client already have left. */
+  /** Also what the interceptor's call reports as its client's leaving. */
   clientGone = false;
   private readonly started = performance.now();
   private bytes = 0;
@@ -393,13 +393,11 @@ class InterceptCall implements InterceptContext {
   readonly requestId: string;
   readonly head: ResponseHead;
   readonly metrics: Metrics | undefined;
-  clientGone = false;
   private readonly handler: ForwardHandler;
   private controller: AbortController | undefined;
 
   constructor(handler: ForwardHandler, head: ResponseHead, metrics: Metrics | undefined) {
     this.handler = handler;
-    this.clientGone = handler.clientGone;
     this.req = handler.req;
     this.res = handler.res;
     this.requestId = handler.requestId;
@@ -411,6 +409,10 @@ class InterceptCall implements InterceptContext {
     return this.handler.log;
   }
 
+  get clientGone(): boolean {
+    return this.handler.clientGone;
+  }
+
   get signal(): AbortSignal {
     if (this.controller === undefined) {
       this.controller = new AbortController();
@@ -419,8 +421,8 @@ class InterceptCall implements InterceptContext {
     return this.controller.signal;
   }
 
+  /** The handler saw the client leave: a signal already handed out is aborted. */
   clientLeft(): void {
-    this.clientGone = true;
     this.controller?.abort();
   }
 }

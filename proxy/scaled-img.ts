@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream';
 import type { FastifyBaseLogger } from 'fastify';
 import { parseDirective, type ScaleDirective, ScaleError, type Scaler } from '../scaler/index.js';
-import { createDirectLine, type DirectLine, jsonString } from './access-log.js';
+import { createDirectLine, type DirectLine, jsonString, msSince } from './access-log.js';
 import { sendBody } from './body.js';
 import { EdgeDirectiveInvalid, EdgeSourceUnavailable, writeError } from './errors.js';
 import { rawHeader } from './headers.js';
@@ -58,7 +58,7 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number; log?: 
         headers.push('X-Accel-Buffering', 'no');
         if (outcome.outcome === 'not-modified') {
           res.writeHead(304, headers).end();
-          logOutcome(ctx, outcomeLine, directive, 'not-modified', msSince(started));
+          logOutcome(ctx, outcomeLine, directive, 'not-modified', msSince(started, 100));
           metrics?.imageResize('success-client-cache');
           metrics?.imageResizeDuration(directive.contentType, directive.width, (performance.now() - started) / 1000);
           return;
@@ -67,7 +67,7 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number; log?: 
           headers.push('Content-Type', outcome.contentType, 'Content-Length', String(outcome.body.length));
           res.writeHead(200, headers).end(outcome.body);
           // 'scaled' ran a sharp job; 'cache-hit' and 'coalesced' (shared a concurrent job) did not.
-          logOutcome(ctx, outcomeLine, directive, outcome.from === 'cache' ? 'cache-hit' : outcome.from, msSince(started), {
+          logOutcome(ctx, outcomeLine, directive, outcome.from === 'cache' ? 'cache-hit' : outcome.from, msSince(started, 100), {
             bytesWritten: outcome.body.length,
             originalBytes: outcome.originalBytes,
           });
@@ -145,11 +145,6 @@ function logOutcome(
     ctx.requestId,
     `,"subsystem":"scaler","width":${directive.width},"contentType":${jsonString(directive.contentType)},"outcome":"${outcome}","durationMs":${durationMs}${sizes === undefined ? '' : `,"bytesWritten":${sizes.bytesWritten},"originalBytes":${sizes.originalBytes}`}`,
   );
-}
-
-/** Milliseconds since `started` (a `performance.now()`), to 10 µs. */
-function msSince(started: number): number {
-  return Math.round((performance.now() - started) * 100) / 100;
 }
 
 /**
