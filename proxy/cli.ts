@@ -4,7 +4,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError } from '../config/errors.js';
 import { type ConfigOverride, loadConfig, loadConfigFile } from '../config/load.js';
 import type { Config } from '../config/schema.js';
-import { announceReady, onShutdownRequest, runPrimary, type WorkerSetup, workerSetup } from './cluster.js';
+import { announceFailing, announceReady, onShutdownRequest, runPrimary, type WorkerSetup, workerSetup } from './cluster.js';
 import { PIPE_BUF } from './log-destination.js';
 import { createLogger } from './logger.js';
 import { ListenError } from './metrics-server.js';
@@ -124,6 +124,30 @@ async function serve(config: Config, worker: WorkerSetup | undefined): Promise<v
   let requested: NodeJS.Signals | undefined;
   let stopping = false;
   let signals = 0;
+  /** The exit code once stopped: 1 after an uncaught exception, so a supervisor sees the failure. */
+  let stopCode = 0;
+  let failed = false;
+  // A request's own callbacks end only that request (proxy/guard.ts). What still escapes may have
+  // left this process in any state: it takes no new connections, finishes the requests it has
+  // (with shutdown_timeout as the bound) and exits 1. A cluster worker's primary starts its
+  // replacement at once, so no request is refused meanwhile; a single process is restarted by
+  // its supervisor (systemd's Restart=on-failure).
+  process.on('uncaughtException', (err, origin) => {
+    try {
+      logger.fatal({ err, origin }, 'uncaught exception: finishing the requests in flight, then exiting');
+    } catch {
+      // nothing left to log with
+    }
+    if (!ready) {
+      logger.flush();
+      process.exit(1);
+    }
+    if (failed) return;
+    failed = true;
+    stopCode = 1;
+    if (worker !== undefined) announceFailing();
+    begin('SIGTERM');
+  });
   const onSignal = (signal: NodeJS.Signals) => {
     if (++signals > 1) {
       logger.warn({ signal }, 'second signal: exiting now');
@@ -156,13 +180,13 @@ async function serve(config: Config, worker: WorkerSetup | undefined): Promise<v
     const deadline = setTimeout(() => {
       logger.warn('shutdown timeout reached: closing the remaining connections');
       app.server.closeAllConnections();
-      exit(0);
+      exit(stopCode);
     }, config.shutdownTimeoutMs);
     deadline.unref();
     app.close().then(
       () => {
         logger.info('stopped');
-        exit(0);
+        exit(stopCode);
       },
       (err: unknown) => {
         logger.error({ err }, 'error while stopping');

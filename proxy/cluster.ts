@@ -15,6 +15,11 @@ const WORKER_ENV = 'OUTRIDER_WORKER';
 const READY = 'outrider:ready';
 /** primary → worker: shut down as on this signal (`shutdown_delay`, then `shutdown_timeout`). */
 const SHUTDOWN = 'outrider:shutdown';
+/**
+ * worker → primary: an uncaught exception; this worker takes no new connections and exits once its
+ * requests are done. The primary starts its replacement at once.
+ */
+const FAILING = 'outrider:failing';
 
 /** A worker that dies sooner than this after it was started counts as crashing at start. */
 const STABLE_MS = 10_000;
@@ -43,6 +48,11 @@ export function workerSetup(): WorkerSetup | undefined {
 /** Worker side: tells the primary this worker is listening. */
 export function announceReady(listen: string): void {
   process.send?.({ type: READY, listen });
+}
+
+/** Worker side: tells the primary this worker failed and is draining; it forks a replacement now. */
+export function announceFailing(): void {
+  process.send?.({ type: FAILING });
 }
 
 /** Worker side: calls `stop` when the primary asks this worker to shut down. */
@@ -86,7 +96,9 @@ export async function runPrimary(config: Config, logger: Logger): Promise<void> 
   let stopping = false;
   let cleanStop = true;
   let failed = false;
-  const alive = () => slots.flatMap((s) => (s.worker === undefined ? [] : [s.worker]));
+  /** Workers that failed and are finishing their requests, their replacements already forked. */
+  const retiring = new Set<Worker>();
+  const alive = () => [...slots.flatMap((s) => (s.worker === undefined ? [] : [s.worker])), ...retiring];
   const exit = (code: number) => logger.flush(() => process.exit(code));
 
   // The primary holds the shared socket: a stale socket file is removed here once, never by a worker.
@@ -124,7 +136,28 @@ export async function runPrimary(config: Config, logger: Logger): Promise<void> 
     worker.on('error', (err: Error) => logger.error({ err, worker: worker.id }, 'worker process error'));
     worker.on('message', (message: unknown) => {
       if (isMessage<{ type: typeof READY; listen: string }>(message, READY)) ready(slot, worker, message.listen);
+      else if (isMessage<{ type: typeof FAILING }>(message, FAILING)) retire(slot, worker);
     });
+  };
+
+  /** A worker failed: it drains on its own while a new one takes its slot. */
+  const retire = (slot: Slot, worker: Worker) => {
+    if (slot.worker !== worker || stopping) return;
+    retiring.add(worker);
+    slot.worker = undefined;
+    slot.ready = false;
+    replace(slot, { worker: worker.id, workerPid: worker.process.pid }, 'worker failed: starting a new one while it finishes its requests');
+  };
+
+  /** Forks a new worker into `slot`, with a backoff when the slot's workers keep dying soon after starting. */
+  const replace = (slot: Slot, fields: Record<string, unknown>, message: string) => {
+    slot.quickDeaths = performance.now() - slot.startedAt < STABLE_MS ? slot.quickDeaths + 1 : 0;
+    const delayMs = slot.quickDeaths === 0 ? 0 : Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** (slot.quickDeaths - 1));
+    logger.error({ ...fields, restartInMs: delayMs }, message);
+    slot.restart = setTimeout(() => {
+      slot.restart = undefined;
+      fork(slot);
+    }, delayMs);
   };
 
   const ready = (slot: Slot, worker: Worker, listen: string) => {
@@ -150,6 +183,12 @@ export async function runPrimary(config: Config, logger: Logger): Promise<void> 
   };
 
   cluster.on('exit', (worker, code, signal) => {
+    if (retiring.delete(worker)) {
+      clusterMetrics?.retire(worker);
+      logger.info({ worker: worker.id, workerPid: worker.process.pid, code, signal: signal ?? undefined }, 'failed worker stopped');
+      if (stopping && alive().length === 0) finish();
+      return;
+    }
     const slot = slots.find((s) => s.worker === worker);
     if (slot === undefined) return;
     slot.worker = undefined;
@@ -173,13 +212,7 @@ export async function runPrimary(config: Config, logger: Logger): Promise<void> 
       exit(code !== null && code !== 0 ? code : 1);
       return;
     }
-    slot.quickDeaths = performance.now() - slot.startedAt < STABLE_MS ? slot.quickDeaths + 1 : 0;
-    const delayMs = slot.quickDeaths === 0 ? 0 : Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** (slot.quickDeaths - 1));
-    logger.error({ ...fields, restartInMs: delayMs }, 'worker exited unexpectedly: starting a new one');
-    slot.restart = setTimeout(() => {
-      slot.restart = undefined;
-      fork(slot);
-    }, delayMs);
+    replace(slot, fields, 'worker exited unexpectedly: starting a new one');
   });
 
   let backstop: NodeJS.Timeout | undefined;

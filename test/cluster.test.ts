@@ -10,6 +10,7 @@ import { startBackend } from './helpers/backend.js';
 
 // `npm test` builds first (pretest): these tests run the real `outrider` binary.
 const CLI = fileURLToPath(new URL('../dist/proxy/cli.js', import.meta.url));
+const CRASH_FIXTURE = fileURLToPath(new URL('./fixtures/throw-on-sigusr2.mjs', import.meta.url));
 
 type Line = Record<string, unknown>;
 
@@ -30,8 +31,8 @@ function configFile(toml: string): string {
 }
 
 /** Starts `outrider --config <file> [args]` and waits for its "outrider ready" line. */
-async function startCli(toml: string, args: string[] = []): Promise<Running> {
-  const child = spawn(process.execPath, [CLI, '--config', configFile(toml), ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+async function startCli(toml: string, args: string[] = [], env: NodeJS.ProcessEnv = process.env): Promise<Running> {
+  const child = spawn(process.execPath, [CLI, '--config', configFile(toml), ...args], { stdio: ['ignore', 'pipe', 'inherit'], env });
   onTestFinished(() => {
     // Workers exit on their own when the primary's channel closes.
     if (child.exitCode === null) child.kill('SIGKILL');
@@ -163,6 +164,60 @@ describe('workers > 1 (node:cluster)', () => {
     await edge.waitFor(() => edge.logs.filter((l) => l.msg === 'request' && l.path === '/after').length === 6, '6 access-log lines');
     const after = sample(await (await request(metricsUrl)).body.text(), 'outrider_http_requests_total{code="200",method="GET",route="*"}');
     expect(after).toBeGreaterThanOrEqual(before + 6);
+  });
+
+  it('replaces a worker that hit an uncaught exception, which finishes its in-flight requests first: none is lost', async () => {
+    const held: (() => void)[] = [];
+    const backend = await startBackend((req, res) => {
+      if (req.url === '/hold') held.push(() => res.end('released'));
+      else res.end('quick');
+    });
+    const edge = await startCli(`listen_addr = "127.0.0.1:0"\nauth_backend = "${backend.url}"\nworkers = 2\n`, [], {
+      ...process.env,
+      NODE_OPTIONS: `--import ${CRASH_FIXTURE}`,
+    });
+    // Four requests on four connections: round-robin puts two on each worker.
+    const clients = Array.from({ length: 4 }, () => new Client(`http://${edge.listen}`));
+    onTestFinished(async () => {
+      await Promise.all(clients.map((c) => c.destroy()));
+    });
+    const inFlight = clients.map((c) =>
+      c.request({ path: '/hold', method: 'GET' }).then(
+        async (r) => ({ status: r.statusCode, body: await r.body.text() }),
+        (err: Error) => ({ status: 0, body: err.message }),
+      ),
+    );
+    while (held.length < 4) await sleep(20);
+    const [victim] = workerPids(edge) as [number, number];
+    process.kill(victim, 'SIGUSR2');
+    const fatal = await edge.waitFor((l) => l.level === 60 && l.pid === victim, 'the fatal line');
+    expect(fatal).toMatchObject({
+      msg: 'uncaught exception: finishing the requests in flight, then exiting',
+      err: { message: 'forced uncaught exception' },
+    });
+    await edge.waitFor((l) => l.msg === 'worker failed: starting a new one while it finishes its requests', 'the replacement');
+    const replacement = await edge.waitFor(
+      (l) =>
+        l.msg === 'worker ready' &&
+        !workerPids(edge)
+          .slice(0, 2)
+          .includes(l.workerPid as number),
+      'a new worker',
+    );
+    // New connections are served meanwhile, by the survivor and the replacement.
+    for (let i = 0; i < 4; i++) {
+      const res = await request(`http://${edge.listen}/quick`, { headers: { connection: 'close' } });
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+    }
+    // The failed worker's requests were kept: every held request is answered.
+    for (const release of held) release();
+    expect(await Promise.all(inFlight)).toEqual(Array.from({ length: 4 }, () => ({ status: 200, body: 'released' })));
+    const stopped = await edge.waitFor((l) => l.msg === 'failed worker stopped', 'the failed worker exit');
+    expect(stopped).toMatchObject({ workerPid: victim, code: 1 });
+    expect(replacement.workerPid).not.toBe(victim);
+    edge.child.kill('SIGTERM');
+    expect(await edge.exited).toBe(0);
   });
 
   it('shares a unix socket: the primary replaces a stale socket file once, and it is gone after shutdown', async () => {
