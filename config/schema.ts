@@ -173,6 +173,7 @@ const fileSchema = z.strictObject({
     .optional(),
   secret_path: z.string().min(1, { error: 'expected a file path' }).default('.gitlab_workhorse_secret'),
   proxy_headers_timeout: positiveDuration('the backend response-header timeout').default(300_000),
+  client_body_timeout: positiveDuration('the longest silence allowed in a request body').default(60_000),
   shutdown_timeout: duration('the shutdown grace period')
     .refine((ms) => ms <= 86_400_000, { message: 'expected the shutdown grace period of at most "24h"' })
     .default(60_000),
@@ -208,6 +209,7 @@ export const configSchema = fileSchema.superRefine(checkListeners).transform((f)
   authSocket: f.auth_socket,
   secretPath: f.secret_path,
   proxyHeadersTimeoutMs: f.proxy_headers_timeout,
+  clientBodyTimeoutMs: f.client_body_timeout,
   shutdownTimeoutMs: f.shutdown_timeout,
   propagateCorrelationId: f.propagate_correlation_id,
   logLevel: f.log_level,

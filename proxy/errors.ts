@@ -1,17 +1,24 @@
-import type { ServerResponse } from 'node:http';
+import { type ServerResponse, STATUS_CODES } from 'node:http';
 import createError, { type FastifyError } from '@fastify/error';
 import type { FastifyInstance } from 'fastify';
 import { type ErrorPages, writeErrorPage } from './error-pages.js';
+import { closeAfterAnswer } from './linger.js';
 
 /** The HTTP error catalogue: one code, message and status per failure a client can see. */
 export const EdgeUpstreamUnavailable = createError('EDGE_UPSTREAM_UNAVAILABLE', 'Bad Gateway: the backend is not responding', 502);
 export const EdgeUpstreamTimeout = createError('EDGE_UPSTREAM_TIMEOUT', 'Gateway Timeout: the backend did not answer in time', 504);
+export const EdgeUpstreamInvalidResponse = createError(
+  'EDGE_UPSTREAM_INVALID_RESPONSE',
+  'Bad Gateway: the backend sent an invalid response',
+  502,
+);
 export const EdgeUpstreamInternalApi = createError('EDGE_UPSTREAM_INTERNAL_API', 'Internal Server Error', 500);
 export const EdgeRequestInvalid = createError<[string, { cause: unknown }?]>('EDGE_REQUEST_INVALID', 'Bad Request: %s', 400);
 export const EdgeSendfileMissing = createError('EDGE_SENDFILE_MISSING', 'Not Found', 404);
 export const EdgeDirectiveInvalid = createError('EDGE_DIRECTIVE_INVALID', 'Bad Gateway: the backend sent an invalid instruction', 502);
 export const EdgeSourceUnavailable = createError('EDGE_SOURCE_UNAVAILABLE', 'Bad Gateway: the requested content is not available', 502);
 export const EdgeShuttingDown = createError('EDGE_SHUTTING_DOWN', 'Service Unavailable: shutting down', 503);
+export const EdgeBodyTimeout = createError('EDGE_BODY_TIMEOUT', 'Request Timeout: the request body stopped arriving', 408);
 export const EdgeInternal = createError('EDGE_INTERNAL', 'Internal Server Error', 500);
 export const EdgeStaticMissing = createError('EDGE_STATIC_MISSING', 'Not Found', 404);
 export const EdgeUploadTooLarge = createError<[string]>('EDGE_UPLOAD_TOO_LARGE', 'Request Entity Too Large: %s', 413);
@@ -49,26 +56,36 @@ export function useErrorPages(res: ServerResponse, pages: ErrorPages): void {
  * Answers a hijacked response with a catalogue error as `text/plain`, or for a 5xx with
  * `<document_root>/<status>.html` when `useErrorPages` was called and the page exists. Once
  * headers are out, the only honest answer is to cut the connection: never a silently truncated 200.
+ *
+ * This is the one error path, and it cannot throw: a head half-applied by an earlier `writeHead`
+ * that Node refused (a backend's reason phrase with a control byte leaves it in `statusMessage`)
+ * is replaced, and anything Node still refuses ends the connection instead.
  */
 export function writeError(res: ServerResponse, err: FastifyError): void {
   if (res.destroyed) return;
-  if (res.headersSent) {
+  if (res.headersSent || res.writableEnded) {
     res.destroy();
     return;
   }
   const status = err.statusCode ?? 500;
-  const page = status >= 500 ? (res as PagedResponse)[kErrorPages]?.get(status) : undefined;
-  if (page !== undefined) {
-    writeErrorPage(res, status, page);
-    return;
+  // Answered before the client finished sending: the connection closes after this, gently.
+  if (res.req !== undefined && !res.req.complete) closeAfterAnswer(res);
+  try {
+    const page = status >= 500 ? (res as PagedResponse)[kErrorPages]?.get(status) : undefined;
+    if (page !== undefined) {
+      writeErrorPage(res, status, page);
+      return;
+    }
+    const body = `${err.message}\n`;
+    res.writeHead(status, STATUS_CODES[status] ?? 'Error', {
+      'content-type': 'text/plain; charset=utf-8',
+      'content-length': Buffer.byteLength(body),
+      'x-content-type-options': 'nosniff',
+    });
+    res.end(body);
+  } catch {
+    res.destroy();
   }
-  const body = `${err.message}\n`;
-  res.writeHead(status, {
-    'content-type': 'text/plain; charset=utf-8',
-    'content-length': Buffer.byteLength(body),
-    'x-content-type-options': 'nosniff',
-  });
-  res.end(body);
 }
 
 /** Client errors pass through; anything else is logged and answered with a generic 500. */

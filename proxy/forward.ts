@@ -1,9 +1,19 @@
 import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http';
-import type { FastifyBaseLogger, FastifyPluginCallback } from 'fastify';
+import type { FastifyBaseLogger, FastifyError, FastifyPluginCallback } from 'fastify';
 import type { Dispatcher } from 'undici';
 import { type AccessLog, createAccessLog } from './access-log.js';
+import type { BodyWatch } from './body-timeout.js';
 import { type ErrorPages, pageFor, writeErrorPage } from './error-pages.js';
-import { EdgeInternal, EdgeRequestInvalid, EdgeShuttingDown, mapUpstreamError, writeError } from './errors.js';
+import {
+  EdgeBodyTimeout,
+  EdgeInternal,
+  EdgeRequestInvalid,
+  EdgeShuttingDown,
+  EdgeUpstreamInvalidResponse,
+  mapUpstreamError,
+  writeError,
+} from './errors.js';
+import { endOnFault } from './guard.js';
 import {
   connectionTokens,
   DETECT_CONTENT_TYPE,
@@ -18,6 +28,7 @@ import {
   WORKHORSE,
 } from './headers.js';
 import type { InterceptContext, Interceptor, ResponseHead } from './intercept.js';
+import { closeAfterAnswer } from './linger.js';
 import type { Metrics } from './metrics.js';
 
 export interface ForwardOptions {
@@ -32,6 +43,8 @@ export interface ForwardOptions {
   metrics?: Metrics | undefined;
   /** Set when `document_root` is: a backend's HTML error answer is replaced by `<status>.html`. */
   errorPages?: ErrorPages | undefined;
+  /** `client_body_timeout`: a request body that stops arriving is answered 408 and its backend request aborted. */
+  bodyWatch?: BodyWatch | undefined;
 }
 
 /**
@@ -42,6 +55,8 @@ export interface BodyReplacement {
   body: Buffer;
   contentType: string;
   headers: string[];
+  /** The client's address, read when the request arrived: by now its socket may be detached. */
+  peer: string;
 }
 
 /** Forwards one request to the backend and streams the answer back. Never throws. */
@@ -55,7 +70,7 @@ const DISCARD_LIMIT = 64 * 1024;
  * and the response streams back chunk by chunk with backpressure both ways. Bodies are never
  * parsed: the content-type parsers are replaced by one that leaves the stream untouched.
  */
-export const forwardPlugin: FastifyPluginCallback<{ forward: Forwarder }> = (app, opts, done) => {
+export const forwardPlugin: FastifyPluginCallback<{ forward: Forwarder; log: FastifyBaseLogger }> = (app, opts, done) => {
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (_request, _payload, next) => next(null));
   app.route({
@@ -63,7 +78,11 @@ export const forwardPlugin: FastifyPluginCallback<{ forward: Forwarder }> = (app
     url: '*',
     handler(request, reply) {
       reply.hijack();
-      opts.forward(request.raw, reply.raw, request.id);
+      try {
+        opts.forward(request.raw, reply.raw, request.id);
+      } catch (err) {
+        endOnFault(opts.log, request.id, reply.raw, err, 'request');
+      }
     },
   });
   done();
@@ -72,7 +91,7 @@ export const forwardPlugin: FastifyPluginCallback<{ forward: Forwarder }> = (app
 export function createForwarder(options: ForwardOptions): Forwarder {
   const opts: HandlerOptions = { ...options, accessLog: createAccessLog(options.log) };
   return (req, res, requestId, replacement) => {
-    const handler = new ForwardHandler(req, res, requestId, opts);
+    const handler = new ForwardHandler(req, res, requestId, opts, replacement?.peer ?? peerAddress(req));
     (res as HandledResponse)[kHandler] = handler;
     res.on('close', onResponseClose);
     if (opts.isClosing()) {
@@ -90,6 +109,11 @@ export function createForwarder(options: ForwardOptions): Forwarder {
     }
     try {
       const headers = requestHeaders(req, handler.peer, requestId, opts.version);
+      if (headers.invalid !== undefined) {
+        res.shouldKeepAlive = false;
+        writeError(res, new EdgeRequestInvalid(headers.invalid));
+        return;
+      }
       let body: IncomingMessage | Buffer | null = headers.hasBody ? req : null;
       if (replacement !== undefined) {
         // The replacement's headers replace the client's of the same names.
@@ -103,6 +127,8 @@ export function createForwarder(options: ForwardOptions): Forwarder {
           ...replacement.headers,
         );
         body = replacement.body;
+      } else if (body !== null && opts.bodyWatch !== undefined) {
+        opts.bodyWatch.watch(req, () => handler.onBodyStall());
       }
       opts.upstream.dispatch(
         {
@@ -123,6 +149,13 @@ export function createForwarder(options: ForwardOptions): Forwarder {
   };
 }
 
+/** Statuses a response may carry (RFC 9110 §15); anything else from the backend is a 502. */
+const MIN_STATUS = 100;
+const MAX_STATUS = 599;
+
+/** A reason phrase Node can send (RFC 9112 §4: HTAB, SP, VCHAR, obs-text). */
+const VALID_REASON = /^[\t\x20-\x7e\x80-\xff]*$/;
+
 type HandlerOptions = ForwardOptions & { accessLog: AccessLog };
 
 const kHandler = Symbol('outrider.forwardHandler');
@@ -130,7 +163,12 @@ type HandledResponse = ServerResponse & { [kHandler]: ForwardHandler };
 
 // Shared listeners that find their handler on the response: no closure allocated per request.
 function onResponseClose(this: ServerResponse): void {
-  (this as HandledResponse)[kHandler].onClientClose();
+  const handler = (this as HandledResponse)[kHandler];
+  try {
+    handler.onClientClose();
+  } catch (err) {
+    endOnFault(handler.opts.log, handler.requestId, this, err, 'response close');
+  }
 }
 function onResponseDrain(this: ServerResponse): void {
   (this as HandledResponse)[kHandler].onDrain();
@@ -146,16 +184,20 @@ export function requestHeaders(
   peer: string,
   requestId: string,
   version: string,
-): { list: string[]; hasBody: boolean } {
+): { list: string[]; hasBody: boolean; invalid: string | undefined } {
   const raw = req.rawHeaders;
   const out: string[] = [];
   let forwardedFor: string | undefined;
   let connection: string | undefined;
   let hasBody = false;
+  let contentTypes = 0;
+  let hosts = 0;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string;
     const value = raw[i + 1] as string;
     const lower = name.toLowerCase();
+    if (lower === 'content-type') contentTypes++;
+    else if (lower === 'host') hosts++;
     if (REQUEST_STRIPPED.has(lower)) {
       if (lower === FORWARDED_FOR) forwardedFor = forwardedFor === undefined ? value : `${forwardedFor}, ${value}`;
       else if (lower === 'connection') connection = connection === undefined ? value : `${connection}, ${value}`;
@@ -179,8 +221,32 @@ export function requestHeaders(
     REQUEST_ID,
     requestId,
   );
-  return { list: filtered, hasBody };
+  return {
+    list: filtered,
+    hasBody,
+    invalid: contentTypes > 1 || hosts > 1 ? duplicateMessage(contentTypes > 1 ? 'Content-Type' : 'Host') : undefined,
+  };
 }
+
+/**
+ * Headers a request may carry once only (RFC 9110 §8.3, RFC 9112 §3.2) whose copies would be read
+ * differently by Outrider and the backend: Outrider judges an upload route by the first
+ * Content-Type, a backend may read the last. Such a request is refused (400), as nginx does.
+ */
+export function duplicateSingleton(req: IncomingMessage): string | undefined {
+  const raw = req.rawHeaders;
+  let contentTypes = 0;
+  let hosts = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    const lower = (raw[i] as string).toLowerCase();
+    if (lower === 'content-type') contentTypes++;
+    else if (lower === 'host') hosts++;
+  }
+  if (contentTypes > 1) return duplicateMessage('Content-Type');
+  return hosts > 1 ? duplicateMessage('Host') : undefined;
+}
+
+const duplicateMessage = (name: string) => `the request has more than one ${name} header`;
 
 /** What describes a request body, replaced with the body itself. */
 const BODY_HEADERS = ['content-type', 'content-length', 'content-encoding', 'content-md5'];
@@ -196,7 +262,8 @@ export function withoutNamed(headers: string[], names: readonly string[]): strin
 
 /** The connecting peer; a unix-socket peer counts as loopback, as in Workhorse. */
 export function peerAddress(req: IncomingMessage): string {
-  const addr = req.socket.remoteAddress;
+  // A destroyed request has no socket any more: read it when the request arrives.
+  const addr = (req.socket as IncomingMessage['socket'] | null)?.remoteAddress;
   if (addr === undefined) return '127.0.0.1';
   return addr.startsWith('::ffff:') ? addr.slice(7) : addr;
 }
@@ -235,12 +302,20 @@ export function readHead(statusCode: number, raw: Buffer[], statusMessage: strin
 /**
  * undici's dispatch handler for one proxied request. It uses the callback API undici runs on
  * internally (`onHeaders` with raw header buffers), which skips a per-response header object.
+ *
+ * The backend's head is held until the first body byte (or the end) is relayed, as Go's
+ * ResponseWriter in Workhorse does: until a byte has left, the response has not started, and a
+ * backend that fails before its body (a bad chunk, a reset) is still answered 502 instead of
+ * cutting a response that never began. undici calls every method here inside a try/catch but
+ * `onConnect` and `onError`, which cannot throw.
  */
 class ForwardHandler implements Dispatcher.DispatchHandler {
   private abortUpstream: ((err?: Error) => void) | undefined;
   private resume: (() => void) | undefined;
   private intercepted = false;
   private discarded = 0;
+  /** The backend's status, reason and headers, until the first byte of its body goes out with them. */
+  private pending: { statusCode: number; reason: string | undefined; headers: string[] } | undefined;
   /** Also what the interceptor's call reports as its client's leaving. */
   clientGone = false;
   private readonly started = performance.now();
@@ -248,16 +323,16 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   readonly req: IncomingMessage;
   readonly res: ServerResponse;
   readonly requestId: string;
-  private readonly opts: HandlerOptions;
+  readonly opts: HandlerOptions;
   private childLog: FastifyBaseLogger | undefined;
   /** The interceptor's call, told when the client leaves before its answer is finished. */
   private call: InterceptCall | undefined;
-  /** Read now: by the time the response closes, the socket may be detached. */
+  /** Read when the request arrived: by the time the response closes, the socket may be detached. */
   readonly peer: string;
   private readonly socket: IncomingMessage['socket'];
 
-  constructor(req: IncomingMessage, res: ServerResponse, requestId: string, opts: HandlerOptions) {
-    this.peer = peerAddress(req);
+  constructor(req: IncomingMessage, res: ServerResponse, requestId: string, opts: HandlerOptions, peer: string) {
+    this.peer = peer;
     this.socket = req.socket;
     this.req = req;
     this.res = res;
@@ -272,23 +347,37 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   }
 
   onConnect(abort: (err?: Error) => void): void {
-    if (this.clientGone) abort(new Error('client went away'));
+    if (this.clientGone || this.intercepted) abort(new Error('client went away'));
     else this.abortUpstream = abort;
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusMessage: string): boolean {
     // Interim responses (103 Early Hints…) are not relayed: the final response follows.
     if (statusCode < 200) return true;
+    // Answered already (the client's body timed out): the backend's answer is dropped.
+    if (this.intercepted) return true;
     // The backend answered before the client finished sending (an early 413 or 401): undici stops
     // reading the client's body, so the connection cannot be reused and closes after this answer.
-    if (!this.req.complete) this.res.shouldKeepAlive = false;
+    if (!this.req.complete) closeAfterAnswer(this.res);
+    if (statusCode > MAX_STATUS || statusCode < MIN_STATUS) {
+      this.log.error({ subsystem: 'proxy', status: statusCode }, 'backend sent a status outside 100-599');
+      this.failBeforeBody(new EdgeUpstreamInvalidResponse());
+      return true;
+    }
     const head = readHead(statusCode, rawHeaders, statusMessage);
-    for (const interceptor of this.opts.interceptors) {
-      if (interceptor.match(head)) {
-        this.intercepted = true;
-        this.runInterceptor(interceptor, head);
-        return true;
+    try {
+      for (const interceptor of this.opts.interceptors) {
+        if (interceptor.match(head)) {
+          this.intercepted = true;
+          this.runInterceptor(interceptor, head);
+          return true;
+        }
       }
+    } catch (err) {
+      this.intercepted = true;
+      this.abortUpstream?.(err as Error);
+      endOnFault(this.log, this.requestId, this.res, err, 'interceptor match');
+      return true;
     }
     if (statusCode >= 400 && this.opts.errorPages !== undefined) {
       const page = pageFor(this.opts.errorPages, head);
@@ -296,25 +385,51 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
         // The backend's body is discarded like an interceptor's; the page goes out with the status kept.
         this.intercepted = true;
         if (this.opts.isClosing()) this.res.shouldKeepAlive = false;
-        writeErrorPage(this.res, statusCode, page, head.headers);
+        try {
+          writeErrorPage(this.res, statusCode, page, head.headers);
+        } catch (err) {
+          this.log.error({ err, subsystem: 'proxy' }, 'backend response headers cannot be relayed');
+          this.failBeforeBody(new EdgeUpstreamInvalidResponse({ cause: err }));
+        }
         return true;
       }
     }
     this.resume = resume;
     // During shutdown the connection closes after this response instead of going back to idle.
     if (this.opts.isClosing()) this.res.shouldKeepAlive = false;
+    // A standard reason phrase is Node's default; passing it again only costs a validation.
+    const reason = statusMessage === '' || statusMessage === STATUS_CODES[statusCode] ? undefined : statusMessage;
+    if (reason !== undefined && !VALID_REASON.test(reason)) {
+      // Node would refuse to send it, and the status line it came in is not HTTP (RFC 9112 §4).
+      this.log.error({ subsystem: 'proxy', status: statusCode }, 'backend sent a reason phrase with control characters');
+      this.failBeforeBody(new EdgeUpstreamInvalidResponse());
+      return true;
+    }
+    this.pending = { statusCode, reason, headers: head.headers };
+    return true;
+  }
+
+  /** Writes the held head; false (and the client answered 502) when Node refuses one of its headers. */
+  private flushHead(): boolean {
+    const head = this.pending as NonNullable<typeof this.pending>;
+    this.pending = undefined;
     try {
-      // A standard reason phrase is Node's default; passing it again only costs a validation.
-      const reason = statusMessage === '' || statusMessage === STATUS_CODES[statusCode] ? undefined : statusMessage;
-      this.res.writeHead(statusCode, reason, head.headers);
+      this.res.writeHead(head.statusCode, head.reason, head.headers);
+      return true;
     } catch (err) {
       // A header Node refuses to send: the backend's answer cannot be relayed as it is.
       this.log.error({ err, subsystem: 'proxy' }, 'backend response headers cannot be relayed');
-      this.intercepted = true;
-      writeError(this.res, mapUpstreamError(err));
-      this.abortUpstream?.(err as Error);
+      this.failBeforeBody(new EdgeUpstreamInvalidResponse({ cause: err }));
+      return false;
     }
-    return true;
+  }
+
+  /** Nothing of the backend's answer went out: the client gets `err`, the backend request is dropped. */
+  private failBeforeBody(err: FastifyError): void {
+    this.intercepted = true;
+    this.pending = undefined;
+    writeError(this.res, err);
+    this.abortUpstream?.(err);
   }
 
   onData(chunk: Buffer): boolean {
@@ -323,6 +438,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
       if (this.discarded > DISCARD_LIMIT) this.abortUpstream?.(new Error('discarding backend body'));
       return true;
     }
+    if (this.pending !== undefined && !this.flushHead()) return true;
     this.bytes += chunk.length;
     if (this.res.write(chunk)) return true;
     this.res.once('drain', onResponseDrain);
@@ -330,17 +446,25 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   }
 
   onComplete(): void {
-    if (!this.intercepted) this.res.end();
+    if (this.intercepted) return;
+    if (this.pending !== undefined && !this.flushHead()) return;
+    this.res.end();
   }
 
   onError(err: Error): void {
     if (this.intercepted || this.clientGone) return;
+    this.intercepted = true;
     const edge = mapUpstreamError(err);
-    if (this.res.headersSent) {
-      this.log.warn({ err, subsystem: 'proxy' }, 'backend response cut off mid-body');
-    } else {
-      this.log.warn({ err, subsystem: 'proxy', code: edge.code }, 'backend request failed');
+    try {
+      if (this.pending === undefined && this.res.headersSent) {
+        this.log.warn({ err, subsystem: 'proxy' }, 'backend response cut off mid-body');
+      } else {
+        this.log.warn({ err, subsystem: 'proxy', code: edge.code }, 'backend request failed');
+      }
+    } catch {
+      // Logging must not keep the client from its answer.
     }
+    this.pending = undefined;
     writeError(this.res, edge);
   }
 
@@ -348,15 +472,47 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     this.resume?.();
   }
 
+  /**
+   * `client_body_timeout` ran out: the client stopped sending its body. The backend request is
+   * aborted, and the client gets a 408 if nothing was answered yet, else its connection is cut.
+   */
+  onBodyStall(): void {
+    if (this.clientGone || this.res.writableEnded) return;
+    const answered = this.intercepted || (this.pending === undefined && this.res.headersSent);
+    try {
+      this.log.warn({ subsystem: 'proxy', timeoutMs: this.opts.bodyWatch?.timeoutMs }, 'client body timeout: the body stopped arriving');
+    } catch {
+      // as above
+    }
+    this.intercepted = true;
+    this.pending = undefined;
+    this.abortUpstream?.(new Error('client body timeout'));
+    if (answered) {
+      this.res.destroy();
+      return;
+    }
+    this.res.shouldKeepAlive = false;
+    writeError(this.res, new EdgeBodyTimeout());
+  }
+
   private runInterceptor(interceptor: Interceptor, head: ResponseHead): void {
     const metrics = this.opts.metrics;
     metrics?.intercepted(this.res, interceptor.name);
     const ctx = new InterceptCall(this, head, metrics);
     this.call = ctx;
-    interceptor.serve(ctx).catch((err: unknown) => {
+    const failed = (err: unknown) => {
       this.log.error({ err, subsystem: interceptor.name }, 'interceptor failed');
       writeError(this.res, new EdgeInternal({ cause: err }));
-    });
+    };
+    let served: Promise<void>;
+    try {
+      served = interceptor.serve(ctx);
+    } catch (err) {
+      // An interceptor that throws before its first await.
+      failed(err);
+      return;
+    }
+    served.catch(failed);
   }
 
   /** Runs once per request: cancels the backend request if the client left early, then writes the access-log line. */
@@ -369,7 +525,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
       this.call?.clientLeft();
     } else if (this.opts.isClosing()) {
       // A response that began before shutdown: its keep-alive connection must not outlive it.
-      this.socket.end();
+      this.socket?.end();
     }
     this.opts.accessLog(this.req, res, {
       requestId: this.requestId,

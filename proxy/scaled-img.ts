@@ -80,7 +80,6 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number; log?: 
         const type = outcome.contentType ?? (SAFE_TYPES.has(directive.contentType) ? directive.contentType : 'application/octet-stream');
         headers.push('Content-Type', type, 'X-Content-Type-Options', 'nosniff');
         if (outcome.size !== undefined) headers.push('Content-Length', String(outcome.size));
-        res.writeHead(200, headers);
         ctx.log.warn(
           {
             ...outcomeFields(directive),
@@ -93,10 +92,14 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number; log?: 
         );
         metrics?.imageResize('served-original');
         if (outcome.reason === 'busy') metrics?.imageResizeLimitExceeded();
-        if (Buffer.isBuffer(outcome.body)) res.end(outcome.body);
+        if (Buffer.isBuffer(outcome.body)) res.writeHead(200, headers).end(outcome.body);
         else {
-          const sent = await sendBody(outcome.body, res, outcome.size);
-          if (!sent.complete && !ctx.clientGone) ctx.log.warn({ err: sent.err, subsystem: 'scaler' }, 'original image transfer cut');
+          const sent = await sendBody(outcome.body, res, outcome.size, () => res.writeHead(200, headers));
+          if (!sent.complete && !sent.started && !ctx.clientGone) {
+            // The original failed before its first byte: nothing was sent, so the client is told.
+            ctx.log.warn({ err: sent.err, subsystem: 'scaler' }, 'original image could not be read');
+            writeError(res, new EdgeSourceUnavailable());
+          } else if (!sent.complete && !ctx.clientGone) ctx.log.warn({ err: sent.err, subsystem: 'scaler' }, 'original image transfer cut');
         }
       } catch (err) {
         if (ctx.clientGone) return;

@@ -1,7 +1,7 @@
 import { isAbsolute } from 'node:path';
 import send from '@fastify/send';
 import { sendBody, whenOpen } from './body.js';
-import { EdgeDirectiveInvalid, EdgeSendfileMissing, writeError } from './errors.js';
+import { EdgeDirectiveInvalid, EdgeSendfileMissing, EdgeSourceUnavailable, writeError } from './errors.js';
 import type { Interceptor } from './intercept.js';
 
 /** Headers of the backend's own response that describe its (discarded) body, not the file. */
@@ -76,10 +76,15 @@ export const sendfile: Interceptor = {
         if (lower === 'content-type' || lower === 'content-length') headers.splice(i, 2);
       }
     }
-    res.writeHead(result.statusCode, headers);
-    log.info({ subsystem: 'sendfile', file, status: result.statusCode, bytes: Number(result.headers['Content-Length'] ?? 0) }, 'send file');
-    const length = result.headers['Content-Length'];
-    const sent = await sendBody(result.stream, res, req.method === 'HEAD' || result.statusCode === 304 ? 0 : Number(length ?? 0));
+    const length = req.method === 'HEAD' || result.statusCode === 304 ? 0 : Number(result.headers['Content-Length'] ?? 0);
+    const sent = await sendBody(result.stream, res, length, () => res.writeHead(result.statusCode, headers));
+    if (!sent.complete && !sent.started) {
+      // Gone or shrunk between its stat and its first read: nothing was sent, so the client can still be told.
+      log.warn({ err: sent.err, subsystem: 'sendfile', file }, 'X-Sendfile file could not be read');
+      writeError(res, new EdgeSourceUnavailable());
+      return;
+    }
+    log.info({ subsystem: 'sendfile', file, status: result.statusCode, bytes: length }, 'send file');
     // The client left, or the file could not be read to the end: the connection was cut either way.
     if (!sent.complete && (sent.err as NodeJS.ErrnoException | undefined)?.code !== 'ERR_STREAM_PREMATURE_CLOSE') {
       log.warn({ err: sent.err, subsystem: 'sendfile', file }, 'X-Sendfile transfer failed');

@@ -3,10 +3,12 @@ import { createServer, type IncomingMessage, type RequestListener, type ServerRe
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
 import type { Config } from '../config/schema.js';
 import { createScaler } from '../scaler/index.js';
+import { createBodyWatch } from './body-timeout.js';
 import { answerMetricsRequests } from './cluster-metrics.js';
 import { createErrorPages } from './error-pages.js';
 import { setErrorHandler, useErrorPages } from './errors.js';
 import { createForwarder, type Forwarder, forwardPlugin } from './forward.js';
+import { endOnFault } from './guard.js';
 import { REQUEST_ID } from './headers.js';
 import { createHealth, healthPlugin } from './health.js';
 import { createImageSource } from './image-source.js';
@@ -109,7 +111,9 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     app.server.once('close', () => clearInterval(sweep));
     done();
   });
+  const bodyWatch = createBodyWatch(config.clientBodyTimeoutMs);
   app.addHook('onClose', async () => {
+    bodyWatch.close();
     await Promise.all([upstream.close(), outbound.close()]);
   });
   setErrorHandler(app);
@@ -122,6 +126,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     isClosing: () => closing,
     metrics,
     errorPages,
+    bodyWatch,
   });
   const uploads = createUploads({
     uploads: config.uploads,
@@ -134,6 +139,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     log: app.log,
     isClosing: () => closing,
     metrics,
+    bodyWatch,
   });
   // Every proxied request enters here, by the fast path or the catch-all route alike.
   const forward: Forwarder =
@@ -144,7 +150,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
           if (errorPages !== undefined) useErrorPages(res, errorPages);
           uploads(req, res, requestId);
         };
-  app.register(forwardPlugin, { forward });
+  app.register(forwardPlugin, { forward, log: app.log });
 
   const health = createHealth({ config, isClosing: () => closing, log: app.log });
   if (!config.healthOnMetricsListener) app.register(healthPlugin, { health, metrics });
@@ -179,7 +185,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     if (route.url !== '*') ownPrefixes.push(route.url.split(/[:*]/, 1)[0] as string);
   });
   app.addHook('onReady', (done) => {
-    fastPath = createFastPath(forward, genReqId, ownPrefixes);
+    fastPath = createFastPath(forward, genReqId, ownPrefixes, app.log);
     done();
   });
   return app;
@@ -196,6 +202,7 @@ function createFastPath(
   forward: Forwarder,
   genReqId: (req: IncomingMessage) => string,
   ownPrefixes: string[],
+  log: FastifyBaseLogger,
 ): (req: IncomingMessage, res: ServerResponse) => boolean {
   // Outrider's own paths share a leading part ("/-/"): most requests are told apart by it alone.
   const shared = ownPrefixes.reduce((common, prefix) => {
@@ -206,7 +213,12 @@ function createFastPath(
   return (req, res) => {
     const url = req.url as string;
     if (url.startsWith(shared)) for (const prefix of ownPrefixes) if (url.startsWith(prefix)) return false;
-    forward(req, res, genReqId(req));
+    const requestId = genReqId(req);
+    try {
+      forward(req, res, requestId);
+    } catch (err) {
+      endOnFault(log, requestId, res, err, 'request');
+    }
     return true;
   };
 }

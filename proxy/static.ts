@@ -98,9 +98,15 @@ async function serveAsset(req: IncomingMessage, res: ServerResponse, root: strin
       headers['Content-Type'] = type;
       if (coding !== undefined) headers['Content-Encoding'] = coding;
     }
-    res.writeHead(result.statusCode, headers);
     const length = Number(result.headers['Content-Length'] ?? 0);
-    await sendBody(result.stream, res, req.method === 'HEAD' || result.statusCode === 304 ? 0 : length);
+    const sent = await sendBody(result.stream, res, req.method === 'HEAD' || result.statusCode === 304 ? 0 : length, () =>
+      res.writeHead(result.statusCode, headers),
+    );
+    if (!sent.complete && !sent.started) {
+      // Shrunk or unreadable between its stat and its first read: nothing was sent yet.
+      log.warn({ err: sent.err, subsystem: 'static', path }, 'static file cannot be read');
+      writeError(res, new EdgeInternal());
+    }
     return;
   }
 }

@@ -2,7 +2,7 @@ import { createHash, type Hash, randomUUID } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { type FileHandle, mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { addAbortSignal, type Readable, Transform, type TransformCallback } from 'node:stream';
+import { addAbortSignal, finished, type Readable, Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Outbound } from './outbound.js';
 
@@ -176,25 +176,27 @@ async function store(input: Readable, opts: StoreOptions): Promise<StoredFile> {
     if (dest.kind === 'local') {
       await mkdir(dest.dir, { recursive: true, mode: 0o700 });
       path = opts.stash.newFile(dest.dir);
-      await pipeline(input, meter, createWriteStream(path, { flags: 'wx', mode: 0o600 }), { signal: opts.signal });
+      const stop = feed(input, meter);
+      try {
+        await pipeline(meter, createWriteStream(path, { flags: 'wx', mode: 0o600 }), { signal: opts.signal });
+      } finally {
+        stop();
+      }
     } else {
       const signal = AbortSignal.any([opts.signal, AbortSignal.timeout(dest.timeoutMs)]);
       if (dest.deleteUrl !== undefined) opts.stash.remoteObject(dest.deleteUrl);
       // The metered stream is what is sent: the input's errors reach it, the client leaving or the
       // timeout ends it, and its own errors (a 413) surface through whoever reads it.
-      input.on('error', (err) => meter.destroy(err));
       meter.on('error', () => undefined);
       addAbortSignal(signal, meter);
-      const metered = input.pipe(meter);
+      const stop = feed(input, meter);
       try {
-        if (dest.multipart !== undefined && dest.multipart.partSize > 0) await putMultipart(metered, dest.multipart, { ...opts, signal });
-        else await putSingle(metered, dest, opts, signal);
+        if (dest.multipart !== undefined && dest.multipart.partSize > 0) await putMultipart(meter, dest.multipart, { ...opts, signal });
+        else await putSingle(meter, dest, opts, signal);
       } finally {
         // Whatever way it ended, nothing is left flowing.
-        if (!meter.readableEnded) {
-          input.unpipe(meter);
-          meter.destroy();
-        }
+        stop();
+        if (!meter.readableEnded) meter.destroy();
       }
     }
   } catch (err) {
@@ -211,6 +213,23 @@ async function store(input: Readable, opts: StoreOptions): Promise<StoredFile> {
     size: meter.size,
     hashes: meter.digests(),
     durationS: Math.round(performance.now() - started) / 1000,
+  };
+}
+
+/**
+ * Pipes `input` into `meter` without tying their fates: the input's failure or premature end
+ * fails the meter, but a store that fails (a 413 past MaximumSize) leaves the input as it is. The
+ * input may be the client's request itself (a body upload): destroying it would close the
+ * connection before the client is answered. Returns a function that detaches the two.
+ */
+function feed(input: Readable, meter: Meter): () => void {
+  const detach = finished(input, { writable: false }, (err) => {
+    if (err) meter.destroy(err);
+  });
+  input.pipe(meter);
+  return () => {
+    detach();
+    input.unpipe(meter);
   };
 }
 

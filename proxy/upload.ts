@@ -5,9 +5,12 @@ import type { FastifyBaseLogger, FastifyError } from 'fastify';
 import type { Dispatcher } from 'undici';
 import type { Config } from '../config/schema.js';
 import { type AccessLog, createAccessLog } from './access-log.js';
+import type { BodyWatch } from './body-timeout.js';
 import {
+  EdgeBodyTimeout,
   EdgeDirectiveInvalid,
   EdgeInternal,
+  EdgeRequestInvalid,
   EdgeUploadInvalid,
   EdgeUploadStoreFailed,
   EdgeUploadStoreTimeout,
@@ -15,9 +18,11 @@ import {
   mapUpstreamError,
   writeError,
 } from './errors.js';
-import { type BodyReplacement, type Forwarder, peerAddress } from './forward.js';
+import { type BodyReplacement, duplicateSingleton, type Forwarder, peerAddress } from './forward.js';
+import { endOnFault } from './guard.js';
 import { MULTIPART_FIELDS } from './headers.js';
 import { ISSUER, signJwt } from './jwt.js';
+import { closeAfterAnswer } from './linger.js';
 import type { Metrics } from './metrics.js';
 import type { Outbound } from './outbound.js';
 import { DirectiveError } from './senddata.js';
@@ -36,6 +41,8 @@ export interface UploadOptions {
   log: FastifyBaseLogger;
   isClosing: () => boolean;
   metrics?: Metrics | undefined;
+  /** `client_body_timeout`: an upload whose body stops arriving is answered 408 and its files removed. */
+  bodyWatch?: BodyWatch | undefined;
 }
 
 /** The fields a file part `<f>` becomes, in the order they are sent (Workhorse's names). */
@@ -71,7 +78,11 @@ export function createUploads(opts: UploadOptions): Forwarder {
       opts.forward(req, res, requestId, replacement);
       return;
     }
-    void handleUpload(route, req, res, requestId, opts, accessLog);
+    // Read now: once the request is destroyed (a refused or timed-out body), its socket is gone.
+    const peer = peerAddress(req);
+    handleUpload(route, req, res, requestId, peer, opts, accessLog).catch((err: unknown) =>
+      endOnFault(opts.log, requestId, res, err, 'upload'),
+    );
   };
 }
 
@@ -90,6 +101,7 @@ async function handleUpload(
   req: IncomingMessage,
   res: ServerResponse,
   requestId: string,
+  peer: string,
   opts: UploadOptions,
   accessLog: AccessLog,
 ) {
@@ -106,11 +118,11 @@ async function handleUpload(
       for (const err of errors) log.warn({ err, subsystem: 'upload' }, 'upload temp file could not be removed');
     });
     // A forwarded request gets its access line from the forwarder; one answered here gets it now.
-    if (!forwarded) accessLog(req, res, { requestId, started, peer: peerAddress(req), bytes: undefined });
+    if (!forwarded) accessLog(req, res, { requestId, started, peer, bytes: undefined });
   });
-  const forward = (replacement: BodyReplacement) => {
+  const forward = (replacement: Omit<BodyReplacement, 'peer'>) => {
     forwarded = true;
-    opts.forward(req, res, requestId, replacement);
+    opts.forward(req, res, requestId, { ...replacement, peer });
   };
   const fields = { subsystem: 'upload', route: route.path.source, kind: route.kind };
   const answer = (err: FastifyError) => {
@@ -119,6 +131,23 @@ async function handleUpload(
     req.on('error', () => undefined);
     writeError(res, err);
   };
+  const duplicate = duplicateSingleton(req);
+  if (duplicate !== undefined) {
+    log.info({ ...fields, outcome: 'invalid', status: 400 }, 'upload refused: ambiguous request headers');
+    answer(new EdgeRequestInvalid(duplicate));
+    return;
+  }
+  opts.bodyWatch?.watch(req, () => {
+    if (res.writableEnded || res.destroyed || forwarded) return;
+    log.warn(
+      { ...fields, outcome: 'timeout', timeoutMs: opts.bodyWatch?.timeoutMs, durationMs: elapsed(started) },
+      'upload body timeout: the body stopped arriving',
+    );
+    opts.metrics?.upload('failed', req);
+    // Answered first, then the store is stopped (which destroys the request); its files go with the response.
+    answer(new EdgeBodyTimeout());
+    abort.abort();
+  });
   try {
     let auth: Authorization = { destination: { kind: 'local', dir: opts.uploads.tempDir }, maxSize: 0, hashes: [...HASHES] };
     if (route.preauthorize) {
@@ -134,7 +163,7 @@ async function handleUpload(
       if ('refused' in result) {
         log.info({ ...fields, outcome: 'refused', status: result.refused.statusCode }, 'upload refused by the backend');
         opts.metrics?.upload('refused', req);
-        if (!req.complete) res.shouldKeepAlive = false;
+        if (!req.complete) closeAfterAnswer(res);
         req.on('error', () => undefined);
         res.writeHead(result.refused.statusCode, [...result.refused.headers, 'content-length', String(result.refused.body.length)]);
         res.end(result.refused.body);

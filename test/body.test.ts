@@ -10,12 +10,17 @@ import { startBackend } from './helpers/backend.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'outrider-body-'));
 
-/** A real server whose handler promises `length` bytes and streams `source` with sendBody. */
+/**
+ * A real server whose handler promises `length` bytes and streams `source` with sendBody; when
+ * the source fails before its first byte, it answers 502 as the interceptors do.
+ */
 async function serve(source: () => Readable, length: number) {
   const results: BodyResult[] = [];
   const server = await startBackend((_req, res) => {
-    res.writeHead(200, { 'content-length': String(length) });
-    void sendBody(source(), res, length).then((r) => results.push(r));
+    void sendBody(source(), res, length, () => res.writeHead(200, { 'content-length': String(length) })).then((r) => {
+      results.push(r);
+      if (!r.complete && !r.started) res.writeHead(502, { 'content-length': '0' }).end();
+    });
   });
   return { url: server.url, results };
 }
@@ -30,23 +35,49 @@ describe('sending a body of a promised length', () => {
 
   it('cuts the connection when the source ends short, so the client never takes it for the whole body', async () => {
     const { url, results } = await serve(() => Readable.from([Buffer.from('hello')]), 11);
-    const res = await request(url);
-    await expect(res.body.text()).rejects.toThrow();
+    // Cut before or after the head reached the client: either way no whole response.
+    await expect(request(url).then((res) => res.body.text())).rejects.toThrow();
     expect(results[0]?.complete).toBe(false);
   });
 
   it('cuts the connection when the source fails mid-way', async () => {
+    const failing = () => {
+      let reads = 0;
+      return new Readable({
+        read() {
+          if (reads++ === 0) this.push(Buffer.from('part'));
+          else this.destroy(new Error('disk went away'));
+        },
+      });
+    };
+    const { url, results } = await serve(failing, 100);
+    await expect(request(url).then((res) => res.body.text())).rejects.toThrow();
+    expect(results[0]).toMatchObject({ complete: false, started: true, err: { message: 'disk went away' } });
+  });
+
+  it('leaves the response unstarted when the source fails or ends before its first byte, so a status can still be sent', async () => {
     const failing = () =>
       new Readable({
         read() {
-          this.push(Buffer.from('part'));
           this.destroy(new Error('disk went away'));
         },
       });
-    const { url, results } = await serve(failing, 100);
-    const res = await request(url);
-    await expect(res.body.text()).rejects.toThrow();
-    expect(results[0]).toMatchObject({ complete: false, err: { message: 'disk went away' } });
+    const failed = await serve(failing, 100);
+    const res = await request(failed.url);
+    expect(res.statusCode).toBe(502);
+    await res.body.dump();
+    expect(failed.results[0]).toMatchObject({ complete: false, started: false, err: { message: 'disk went away' } });
+
+    // A file truncated to nothing after its stat: no byte ever comes.
+    const file = join(dir, 'shrunk.txt');
+    const empty = await serve(() => {
+      writeFileSync(file, '');
+      return createReadStream(file);
+    }, 10);
+    const shrunk = await request(empty.url);
+    expect(shrunk.statusCode).toBe(502);
+    await shrunk.body.dump();
+    expect(empty.results[0]).toMatchObject({ complete: false, started: false });
   });
 });
 

@@ -24,6 +24,7 @@ describe('configuration', () => {
       authSocket: undefined,
       secretPath: '.gitlab_workhorse_secret',
       proxyHeadersTimeoutMs: 300_000,
+      clientBodyTimeoutMs: 60_000,
       shutdownTimeoutMs: 60_000,
       propagateCorrelationId: false,
       logLevel: 'info',

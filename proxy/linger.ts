@@ -1,0 +1,37 @@
+import type { ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+
+/** How long a connection answered before its request body arrived is kept reading after the answer. */
+export const LINGER_MS = 5_000;
+
+const kLingering = Symbol('outrider.lingering');
+type LingeringSocket = Socket & { [kLingering]?: true };
+
+/**
+ * The answer goes out before the client has sent its whole body (a 413 past MaximumSize, a 408,
+ * a backend that answered early): the connection must close after it, and close gently. Closing
+ * a socket with unread bytes in its receive buffer makes the kernel send a reset that discards
+ * the answer still queued for sending, so the client, busy writing its body, never sees the 413.
+ * As nginx's lingering close does, Outrider sends its FIN after the answer and goes on reading
+ * (and dropping) what the client sends until the client closes, or for at most `LINGER_MS`.
+ *
+ * Node's server closes such a connection with `socket.destroySoon()` once the answer is written;
+ * this swaps that call, for this socket only, for the lingering close.
+ */
+export function closeAfterAnswer(res: ServerResponse): void {
+  res.shouldKeepAlive = false;
+  const socket = res.socket as LingeringSocket | null;
+  if (socket === null || socket[kLingering] === true || socket.destroyed) return;
+  socket[kLingering] = true;
+  socket.destroySoon = lingeringClose;
+}
+
+function lingeringClose(this: Socket): void {
+  if (this.writable) this.end();
+  const timer = setTimeout(() => this.destroy(), LINGER_MS);
+  timer.unref();
+  this.once('close', () => clearTimeout(timer));
+  // The client's FIN: it has stopped sending, nothing more can be lost.
+  this.once('end', () => this.destroy());
+  this.resume();
+}

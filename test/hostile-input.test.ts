@@ -1,0 +1,344 @@
+import { mkdirSync, mkdtempSync, readdirSync, truncateSync, writeFileSync } from 'node:fs';
+import type { IncomingMessage } from 'node:http';
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { request } from 'undici';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { startProxy } from './helpers/app.js';
+import { readBody, startBackend } from './helpers/backend.js';
+import { parseResponse, type RawResponse, rawRequest } from './helpers/raw.js';
+
+// Regressions of the hostile-input run: each case here crashed, hung or leaked on the build before.
+
+const SECRET_B64 = '+M8OJgJxoxdDRgOR0UT8sDbAgp/63y/XUNE3d8+tawA=';
+const API_TYPE = 'application/vnd.gitlab-workhorse+json';
+const root = mkdtempSync(join(tmpdir(), 'outrider-hostile-'));
+const secretPath = join(root, 'secret');
+writeFileSync(secretPath, `${SECRET_B64}\n`);
+let dirs = 0;
+const newDir = () => {
+  const dir = join(root, `d${dirs++}`);
+  mkdirSync(dir);
+  return dir;
+};
+
+const uploadToml = (tempDir: string, more = '') => `secret_path = "${secretPath}"
+${more}
+[uploads]
+temp_dir = "${tempDir}"
+[[uploads.routes]]
+method = "POST"
+path = "^/uploads/"
+[[uploads.routes]]
+method = "PUT"
+path = "^/packages/"
+kind = "body"
+`;
+
+/** A Rails-like backend: `/authorize` lets uploads into `dir` (with `extra`), the upload route answers 201. */
+async function uploadBackend(dir: string, extra: Record<string, unknown> = {}) {
+  const received: IncomingMessage[] = [];
+  const backend = await startBackend(async (req, res) => {
+    if (req.url?.includes('/authorize')) {
+      res.writeHead(200, { 'content-type': API_TYPE }).end(JSON.stringify({ TempPath: dir, ...extra }));
+      return;
+    }
+    received.push(req);
+    await readBody(req);
+    res.writeHead(201, { 'content-type': 'text/plain' }).end('created');
+  });
+  return { ...backend, received };
+}
+
+const waitFor = async (check: () => boolean, ms = 5000) => {
+  for (let waited = 0; !check() && waited < ms; waited += 20) await sleep(20);
+};
+
+/** A raw client: writes `head`, then whatever the test sends; collects every byte until the server closes. */
+async function rawClient(port: number) {
+  const socket = connect(port, '127.0.0.1');
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', resolve);
+    socket.once('error', reject);
+  });
+  const chunks: Buffer[] = [];
+  socket.on('data', (d: Buffer) => chunks.push(d));
+  socket.on('error', () => undefined);
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  onTestFinished(() => {
+    socket.destroy();
+  });
+  return {
+    socket,
+    closed,
+    text: () => Buffer.concat(chunks).toString('latin1'),
+    response: (): RawResponse => parseResponse(Buffer.concat(chunks).toString('latin1')),
+  };
+}
+
+/** A backend that answers every request with exactly `bytes` on the socket, then closes it. */
+async function rawBackend(answer: (socket: Socket) => void): Promise<{ url: string; sockets: Socket[] }> {
+  const sockets: Socket[] = [];
+  const server: Server = createServer((socket) => {
+    sockets.push(socket);
+    socket.on('error', () => undefined);
+    let seen = '';
+    socket.on('data', (d: Buffer) => {
+      seen += d.toString('latin1');
+      if (seen.includes('\r\n\r\n')) {
+        seen = '';
+        answer(socket);
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  onTestFinished(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  );
+  const address = server.address() as { port: number };
+  return { url: `http://127.0.0.1:${address.port}`, sockets };
+}
+
+describe('a body upload over MaximumSize, still arriving when the 413 goes out', () => {
+  it('is answered 413, leaves no temp file, and Outrider keeps serving', async () => {
+    const dir = newDir();
+    const backend = await uploadBackend(dir, { MaximumSize: 1000 });
+    const proxy = await startProxy(backend.url, { toml: uploadToml(newDir()) });
+    for (let attempt = 0; attempt < 6; attempt++) {
+      const client = await rawClient(proxy.port);
+      client.socket.write('PUT /packages/generic/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n');
+      // 64 KiB in 4 KiB chunks, against a 1,000-byte limit; the client goes on writing after the answer.
+      for (let i = 0; i < 16 && !client.socket.destroyed; i++) {
+        client.socket.write(`1000\r\n${'a'.repeat(4096)}\r\n`);
+        await sleep(2);
+      }
+      await Promise.race([client.closed, sleep(3000)]);
+      expect(client.response().status).toBe(413);
+    }
+    await waitFor(() => readdirSync(dir).length === 0);
+    expect(readdirSync(dir)).toEqual([]);
+    expect(backend.received).toHaveLength(0);
+    // Still up: a plain request is proxied.
+    const res = await request(`${proxy.url}/plain`);
+    expect(res.statusCode).toBe(201);
+    await res.body.dump();
+  });
+});
+
+describe('client_body_timeout', () => {
+  it('answers 408 to a plain request whose body stops arriving, and aborts its backend request', async () => {
+    let backendAborted = false;
+    const backend = await startBackend((req, res) => {
+      req.on('aborted', () => {
+        backendAborted = true;
+      });
+      req.on('error', () => undefined);
+      req.resume();
+      req.on('end', () => res.end('whole body'));
+    });
+    const proxy = await startProxy(backend.url, { toml: 'client_body_timeout = "300ms"' });
+    const client = await rawClient(proxy.port);
+    const started = Date.now();
+    client.socket.write('POST /form HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789');
+    await Promise.race([client.closed, sleep(5000)]);
+    const res = client.response();
+    expect(res.status).toBe(408);
+    expect(res.header('connection')).toBe('close');
+    expect(res.body).toBe('Request Timeout: the request body stopped arriving\n');
+    expect(Date.now() - started).toBeLessThan(2000);
+    await waitFor(() => backendAborted);
+    expect(backendAborted).toBe(true);
+  });
+
+  it('answers 408 to a stalled upload and removes its temp file', async () => {
+    const dir = newDir();
+    const backend = await uploadBackend(dir);
+    const logs: Record<string, unknown>[] = [];
+    const proxy = await startProxy(backend.url, { toml: uploadToml(newDir(), 'client_body_timeout = "300ms"'), logs });
+    const client = await rawClient(proxy.port);
+    client.socket.write('PUT /packages/generic/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n');
+    client.socket.write(Buffer.alloc(20_000, 1));
+    await waitFor(() => readdirSync(dir).length > 0);
+    expect(readdirSync(dir)).toHaveLength(1);
+    await Promise.race([client.closed, sleep(5000)]);
+    expect(client.response().status).toBe(408);
+    await waitFor(() => readdirSync(dir).length === 0);
+    expect(readdirSync(dir)).toEqual([]);
+    expect(backend.received).toHaveLength(0);
+    expect(logs.find((l) => l.outcome === 'timeout')).toMatchObject({ subsystem: 'upload', level: 40 });
+  });
+
+  it('never cuts a body that keeps coming, however slowly overall', async () => {
+    const dir = newDir();
+    const backend = await uploadBackend(dir);
+    const proxy = await startProxy(backend.url, { toml: uploadToml(newDir(), 'client_body_timeout = "300ms"') });
+    const client = await rawClient(proxy.port);
+    const total = 12;
+    client.socket.write(`PUT /packages/generic/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: ${total * 100}\r\n\r\n`);
+    // 1.8 s in all, six times the timeout, but never 300 ms without a byte.
+    for (let i = 0; i < total; i++) {
+      client.socket.write(Buffer.alloc(100, 2));
+      await sleep(150);
+    }
+    await Promise.race([client.closed, sleep(5000)]);
+    expect(client.response().status).toBe(201);
+    expect(backend.received).toHaveLength(1);
+  });
+
+  it('cuts the connection when the answer has begun and the body stalls', async () => {
+    // The backend answers at once and streams, without waiting for the body.
+    const backend = await startBackend((req, res) => {
+      req.on('error', () => undefined);
+      req.resume();
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('started ');
+    });
+    const proxy = await startProxy(backend.url, { toml: 'client_body_timeout = "300ms"' });
+    const client = await rawClient(proxy.port);
+    client.socket.write('POST /duplex HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc');
+    await Promise.race([client.closed, sleep(5000)]);
+    expect(client.socket.destroyed).toBe(true);
+    expect(client.text()).toMatch(/^HTTP\/1.1 200 OK/);
+    expect(client.text()).toContain('started ');
+  });
+
+  it('is a config key with a clear error', async () => {
+    const { loadConfig } = await import('../config/load.js');
+    expect(loadConfig('', { source: 'test' }).clientBodyTimeoutMs).toBe(60_000);
+    expect(() => loadConfig('client_body_timeout = "soon"', { source: 'x.toml' })).toThrow(/client_body_timeout/);
+  });
+});
+
+describe('a backend status line Outrider cannot relay', () => {
+  it('answers 502 for a reason phrase with a control byte, and drops the backend connection', async () => {
+    const backend = await rawBackend((socket) => socket.write('HTTP/1.1 200 O\x01K\r\nContent-Length: 5\r\n\r\nhello'));
+    const proxy = await startProxy(backend.url);
+    const res = await request(`${proxy.url}/x`, { headersTimeout: 5000, bodyTimeout: 5000 });
+    expect(res.statusCode).toBe(502);
+    expect(await res.body.text()).toBe('Bad Gateway: the backend sent an invalid response\n');
+    // The connection the answer came on is dropped, not kept for another request.
+    await waitFor(() => backend.sockets[0]?.destroyed === true);
+    expect(backend.sockets[0]?.destroyed).toBe(true);
+    // And the next request is served.
+    const again = await request(`${proxy.url}/x`, { headersTimeout: 5000 });
+    expect(again.statusCode).toBe(502);
+    await again.body.dump();
+  });
+
+  it('answers 502 for statuses outside 100-599 (600, 999)', async () => {
+    for (const status of [600, 999]) {
+      const backend = await rawBackend((socket) => socket.write(`HTTP/1.1 ${status} Odd\r\nContent-Length: 2\r\n\r\nok`));
+      const proxy = await startProxy(backend.url);
+      const res = await request(`${proxy.url}/x`, { headersTimeout: 5000 });
+      expect(res.statusCode, String(status)).toBe(502);
+      expect(await res.body.text()).toBe('Bad Gateway: the backend sent an invalid response\n');
+    }
+  });
+
+  it('still relays a custom reason phrase that is valid', async () => {
+    const backend = await rawBackend((socket) =>
+      socket.end('HTTP/1.1 200 Fine Thanks\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok'),
+    );
+    const proxy = await startProxy(backend.url);
+    const res = await rawRequest(proxy.port, 'GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    expect(res.statusLine).toBe('HTTP/1.1 200 Fine Thanks');
+    expect(res.body).toBe('ok');
+  });
+});
+
+describe('a backend that fails before the first byte of its body', () => {
+  it('gets the client a 502, not a reset, for a bad chunk size', async () => {
+    const backend = await rawBackend((socket) => {
+      socket.write('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n');
+      setTimeout(() => socket.write('zz\r\nhello\r\n0\r\n\r\n'), 50);
+    });
+    const proxy = await startProxy(backend.url);
+    const res = await rawRequest(proxy.port, 'GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    expect(res.status).toBe(502);
+    expect(res.body).toBe('Bad Gateway: the backend is not responding\n');
+  });
+
+  it('gets the client a 502 when the backend dies after its headers', async () => {
+    const backend = await rawBackend((socket) => {
+      socket.write('HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n');
+      setTimeout(() => socket.destroy(), 50);
+    });
+    const proxy = await startProxy(backend.url);
+    const res = await rawRequest(proxy.port, 'GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    expect(res.status).toBe(502);
+  });
+
+  it('an X-Sendfile file that shrinks between its stat and its first read is a 502 or whole, never a reset', async () => {
+    const dir = newDir();
+    const file = join(dir, 'one-byte.txt');
+    writeFileSync(file, 'x');
+    const backend = await startBackend((_req, res) => {
+      res.writeHead(200, { 'x-sendfile': file, 'content-type': 'text/plain' }).end();
+    });
+    const proxy = await startProxy(backend.url);
+    // The file flips between one byte and none while requests read it.
+    let flipping = true;
+    const flip = (async () => {
+      for (let i = 0; flipping; i++) {
+        if (i % 2 === 0) truncateSync(file, 0);
+        else writeFileSync(file, 'x');
+        await new Promise((r) => setImmediate(r));
+      }
+    })();
+    const outcomes = new Map<string, number>();
+    for (let i = 0; i < 300; i++) {
+      let outcome: string;
+      try {
+        const res = await rawRequest(proxy.port, 'GET /f HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+        const length = res.header('content-length');
+        outcome =
+          res.status === 200 && length === String(res.body.length)
+            ? `200/${length}`
+            : res.status === 502
+              ? '502'
+              : `broken ${res.statusLine} ${length} ${JSON.stringify(res.body)}`;
+      } catch (err) {
+        outcome = `reset ${(err as Error).message}`;
+      }
+      outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
+    }
+    flipping = false;
+    await flip;
+    const allowed = new Set(['200/0', '200/1', '502']);
+    expect(
+      [...outcomes.keys()].filter((k) => !allowed.has(k)),
+      JSON.stringify([...outcomes]),
+    ).toEqual([]);
+  });
+});
+
+describe('a request with two Content-Type headers', () => {
+  it('is refused with 400 on an upload route and on any other, and never reaches the backend', async () => {
+    const dir = newDir();
+    const backend = await uploadBackend(dir);
+    const proxy = await startProxy(backend.url, { toml: uploadToml(newDir()) });
+    const body = '--b\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n\r\nhello\r\n--b--\r\n';
+    for (const [path, first, second] of [
+      ['/uploads/x', 'text/plain', 'multipart/form-data; boundary=b'],
+      ['/uploads/x', 'multipart/form-data; boundary=b', 'text/plain'],
+      ['/other', 'text/plain', 'application/json'],
+    ] as const) {
+      const res = await rawRequest(
+        proxy.port,
+        `POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Type: ${first}\r\nContent-Type: ${second}\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
+      );
+      expect(res.status, `${path} ${first}`).toBe(400);
+      expect(res.body).toBe('Bad Request: the request has more than one Content-Type header\n');
+    }
+    const hosts = await rawRequest(proxy.port, 'GET /other HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n');
+    expect(hosts.status).toBe(400);
+    expect(backend.received).toHaveLength(0);
+    expect(readdirSync(dir)).toEqual([]);
+  });
+});
