@@ -1,11 +1,12 @@
-import type { ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 
 /** How long a connection answered before its request body arrived is kept reading after the answer. */
 export const LINGER_MS = 5_000;
 
+/** The request whose answer closes the connection: what it still sends is read and dropped. */
 const kLingering = Symbol('outrider.lingering');
-type LingeringSocket = Socket & { [kLingering]?: true };
+type LingeringSocket = Socket & { [kLingering]?: IncomingMessage };
 
 /**
  * The answer goes out before the client has sent its whole body (a 413 past MaximumSize, a 408,
@@ -21,13 +22,20 @@ type LingeringSocket = Socket & { [kLingering]?: true };
 export function closeAfterAnswer(res: ServerResponse): void {
   res.shouldKeepAlive = false;
   const socket = res.socket as LingeringSocket | null;
-  if (socket === null || socket[kLingering] === true || socket.destroyed) return;
-  socket[kLingering] = true;
+  if (socket === null || socket[kLingering] !== undefined || socket.destroyed) return;
+  socket[kLingering] = res.req;
   socket.destroySoon = lingeringClose;
 }
 
-function lingeringClose(this: Socket): void {
+function lingeringClose(this: LingeringSocket): void {
   if (this.writable) this.end();
+  // The request may have been left paused (a store that failed stopped reading it): its parser
+  // would stop reading the socket too, and the client's FIN would never be seen. Dropped from now on.
+  const req = this[kLingering];
+  if (req !== undefined && !req.destroyed) {
+    req.unpipe();
+    req.resume();
+  }
   const timer = setTimeout(() => this.destroy(), LINGER_MS);
   timer.unref();
   this.once('close', () => clearTimeout(timer));

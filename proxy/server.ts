@@ -4,6 +4,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } 
 import type { Config } from '../config/schema.js';
 import { createScaler } from '../scaler/index.js';
 import { createBodyWatch } from './body-timeout.js';
+import { onClientError } from './client-errors.js';
 import { answerMetricsRequests } from './cluster-metrics.js';
 import { createErrorPages } from './error-pages.js';
 import { setErrorHandler, useErrorPages } from './errors.js';
@@ -72,6 +73,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'requestId' }),
     genReqId,
     return503OnClosing: true,
+    clientErrorHandler: onClientError,
     forceCloseConnections: 'idle',
     // Paths go to the backend byte for byte: no router rewriting of slashes or case.
     routerOptions: { ignoreTrailingSlash: false, ignoreDuplicateSlashes: false, caseSensitive: true, maxParamLength: 8192 },

@@ -118,6 +118,7 @@ describe('a body upload over MaximumSize, still arriving when the 413 goes out',
         client.socket.write(`1000\r\n${'a'.repeat(4096)}\r\n`);
         await sleep(2);
       }
+      client.socket.end();
       await Promise.race([client.closed, sleep(3000)]);
       expect(client.response().status).toBe(413);
     }
@@ -340,5 +341,48 @@ describe('a request with two Content-Type headers', () => {
     expect(hosts.status).toBe(400);
     expect(backend.received).toHaveLength(0);
     expect(readdirSync(dir)).toEqual([]);
+  });
+});
+
+describe('bytes that are not HTTP on a client connection', () => {
+  it('after a whole request: that request is answered, then the connection closes', async () => {
+    const backend = await startBackend(async (req, res) => {
+      const body = await readBody(req);
+      res.end(`read ${body.length}`);
+    });
+    const proxy = await startProxy(backend.url);
+    const res = await rawRequest(
+      proxy.port,
+      'POST /form HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\u0001\u0002 not a request\r\n\r\n',
+    );
+    expect(res.status).toBe(200);
+    expect(res.body).toBe('read 5');
+    expect(backend.requests).toHaveLength(1);
+  });
+
+  it('inside a body whose answer has begun: the connection is cut, no status line is written into the answer', async () => {
+    const backend = await startBackend((req, res) => {
+      req.on('error', () => undefined);
+      req.resume();
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('streaming ');
+    });
+    const proxy = await startProxy(backend.url);
+    const client = await rawClient(proxy.port);
+    client.socket.write('POST /duplex HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n');
+    await waitFor(() => client.text().includes('streaming'));
+    client.socket.write('zz\r\nnot a chunk\r\n');
+    await Promise.race([client.closed, sleep(5000)]);
+    expect(client.socket.destroyed).toBe(true);
+    expect(client.text().match(/HTTP\/1\.1 /g)).toHaveLength(1);
+    expect(client.text()).not.toContain('400');
+  });
+
+  it('a header over 16 KiB: 431 in plain text', async () => {
+    const proxy = await startProxy((await startBackend((_req, res) => res.end('no'))).url);
+    const res = await rawRequest(proxy.port, `GET / HTTP/1.1\r\nHost: x\r\nX-Big: ${'b'.repeat(20_000)}\r\n\r\n`);
+    expect(res.status).toBe(431);
+    expect(res.header('content-type')).toBe('text/plain; charset=utf-8');
+    expect(res.body).toBe('Request Header Fields Too Large: the request headers are too large\n');
   });
 });
