@@ -174,6 +174,7 @@ const fileSchema = z.strictObject({
   secret_path: z.string().min(1, { error: 'expected a file path' }).default('.gitlab_workhorse_secret'),
   proxy_headers_timeout: positiveDuration('the backend response-header timeout').default(300_000),
   client_body_timeout: positiveDuration('the longest silence allowed in a request body').default(60_000),
+  send_timeout: positiveDuration('the longest time a client may go without reading its answer').default(60_000),
   shutdown_timeout: duration('the shutdown grace period')
     .refine((ms) => ms <= 86_400_000, { message: 'expected the shutdown grace period of at most "24h"' })
     .default(60_000),
@@ -210,6 +211,7 @@ export const configSchema = fileSchema.superRefine(checkListeners).transform((f)
   secretPath: f.secret_path,
   proxyHeadersTimeoutMs: f.proxy_headers_timeout,
   clientBodyTimeoutMs: f.client_body_timeout,
+  sendTimeoutMs: f.send_timeout,
   shutdownTimeoutMs: f.shutdown_timeout,
   propagateCorrelationId: f.propagate_correlation_id,
   logLevel: f.log_level,

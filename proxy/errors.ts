@@ -69,7 +69,7 @@ export function writeError(res: ServerResponse, err: FastifyError): void {
   }
   const status = err.statusCode ?? 500;
   // Answered before the client finished sending: the connection closes after this, gently.
-  if (res.req !== undefined && !res.req.complete) closeAfterAnswer(res);
+  if (res.req?.complete === false) closeAfterAnswer(res);
   try {
     const page = status >= 500 ? (res as PagedResponse)[kErrorPages]?.get(status) : undefined;
     if (page !== undefined) {

@@ -2,7 +2,6 @@ import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:ht
 import type { FastifyBaseLogger, FastifyError, FastifyPluginCallback } from 'fastify';
 import type { Dispatcher } from 'undici';
 import { type AccessLog, createAccessLog } from './access-log.js';
-import type { BodyWatch } from './body-timeout.js';
 import { type ErrorPages, pageFor, writeErrorPage } from './error-pages.js';
 import {
   EdgeBodyTimeout,
@@ -30,6 +29,7 @@ import {
 import type { InterceptContext, Interceptor, ResponseHead } from './intercept.js';
 import { closeAfterAnswer } from './linger.js';
 import type { Metrics } from './metrics.js';
+import type { StallWatch } from './stall-watch.js';
 
 export interface ForwardOptions {
   upstream: Dispatcher;
@@ -44,7 +44,7 @@ export interface ForwardOptions {
   /** Set when `document_root` is: a backend's HTML error answer is replaced by `<status>.html`. */
   errorPages?: ErrorPages | undefined;
   /** `client_body_timeout`: a request body that stops arriving is answered 408 and its backend request aborted. */
-  bodyWatch?: BodyWatch | undefined;
+  stallWatch?: StallWatch | undefined;
 }
 
 /**
@@ -127,8 +127,8 @@ export function createForwarder(options: ForwardOptions): Forwarder {
           ...replacement.headers,
         );
         body = replacement.body;
-      } else if (body !== null && opts.bodyWatch !== undefined) {
-        opts.bodyWatch.watch(req, () => handler.onBodyStall());
+      } else if (body !== null && opts.stallWatch !== undefined) {
+        opts.stallWatch.body(req, () => handler.onBodyStall());
       }
       opts.upstream.dispatch(
         {
@@ -314,8 +314,13 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   private resume: (() => void) | undefined;
   private intercepted = false;
   private discarded = 0;
-  /** The backend's status, reason and headers, until the first byte of its body goes out with them. */
-  private pending: { statusCode: number; reason: string | undefined; headers: string[] } | undefined;
+  /**
+   * The backend's headers, status and reason, held until the first byte of its body goes out with
+   * them (kept as fields: no object per response). `pending` is set while a head is held.
+   */
+  private pending: string[] | undefined;
+  private pendingStatus = 0;
+  private pendingReason: string | undefined;
   /** Also what the interceptor's call reports as its client's leaving. */
   clientGone = false;
   private readonly started = performance.now();
@@ -405,16 +410,18 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
       this.failBeforeBody(new EdgeUpstreamInvalidResponse());
       return true;
     }
-    this.pending = { statusCode, reason, headers: head.headers };
+    this.pending = head.headers;
+    this.pendingStatus = statusCode;
+    this.pendingReason = reason;
     return true;
   }
 
   /** Writes the held head; false (and the client answered 502) when Node refuses one of its headers. */
   private flushHead(): boolean {
-    const head = this.pending as NonNullable<typeof this.pending>;
+    const headers = this.pending as string[];
     this.pending = undefined;
     try {
-      this.res.writeHead(head.statusCode, head.reason, head.headers);
+      this.res.writeHead(this.pendingStatus, this.pendingReason, headers);
       return true;
     } catch (err) {
       // A header Node refuses to send: the backend's answer cannot be relayed as it is.
@@ -480,7 +487,10 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     if (this.clientGone || this.res.writableEnded) return;
     const answered = this.intercepted || (this.pending === undefined && this.res.headersSent);
     try {
-      this.log.warn({ subsystem: 'proxy', timeoutMs: this.opts.bodyWatch?.timeoutMs }, 'client body timeout: the body stopped arriving');
+      this.log.warn(
+        { subsystem: 'proxy', timeoutMs: this.opts.stallWatch?.bodyTimeoutMs },
+        'client body timeout: the body stopped arriving',
+      );
     } catch {
       // as above
     }

@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type RequestListener, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
 import type { Config } from '../config/schema.js';
 import { createScaler } from '../scaler/index.js';
-import { createBodyWatch } from './body-timeout.js';
 import { onClientError } from './client-errors.js';
 import { answerMetricsRequests } from './cluster-metrics.js';
 import { createErrorPages } from './error-pages.js';
@@ -19,6 +19,7 @@ import { createMetrics } from './metrics.js';
 import { createMetricsServer, type MetricsServer } from './metrics-server.js';
 import { createOutbound } from './outbound.js';
 import { loadSecret } from './secret.js';
+import { createStallWatch } from './stall-watch.js';
 import { checkDocumentRoot } from './start-files.js';
 import { staticPlugin } from './static.js';
 import { createUploads } from './upload.js';
@@ -67,6 +68,14 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
   // Set once the routes are known; until then every request takes fastify's path.
   let fastPath: ((req: IncomingMessage, res: ServerResponse) => boolean) | undefined;
 
+  // Clients that go silent mid-body or stop reading their answer (client_body_timeout, send_timeout).
+  const stallWatch = createStallWatch({ bodyTimeoutMs: config.clientBodyTimeoutMs, sendTimeoutMs: config.sendTimeoutMs });
+  const onSendStall = (socket: Socket) =>
+    app.log.warn(
+      { subsystem: 'proxy', remoteAddress: socket.remoteAddress, timeoutMs: config.sendTimeoutMs },
+      'send timeout: the client stopped reading',
+    );
+
   const app = Fastify({
     loggerInstance: opts.logger === false ? undefined : (opts.logger ?? createLogger(config)),
     // One access-log line per request is written by the forward branch instead of fastify's two.
@@ -81,6 +90,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
       const server = createServer((req, res) => {
         if (fastPath === undefined || !fastPath(req, res)) handler(req, res);
       });
+      server.on('connection', (socket: Socket) => stallWatch.connection(socket, onSendStall));
       server.keepAliveTimeout = 75_000;
       // Uploads and downloads may take as long as they take: no whole-request deadline.
       server.requestTimeout = 0;
@@ -113,9 +123,8 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     app.server.once('close', () => clearInterval(sweep));
     done();
   });
-  const bodyWatch = createBodyWatch(config.clientBodyTimeoutMs);
   app.addHook('onClose', async () => {
-    bodyWatch.close();
+    stallWatch.close();
     await Promise.all([upstream.close(), outbound.close()]);
   });
   setErrorHandler(app);
@@ -128,7 +137,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     isClosing: () => closing,
     metrics,
     errorPages,
-    bodyWatch,
+    stallWatch,
   });
   const uploads = createUploads({
     uploads: config.uploads,
@@ -141,7 +150,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     log: app.log,
     isClosing: () => closing,
     metrics,
-    bodyWatch,
+    stallWatch,
   });
   // Every proxied request enters here, by the fast path or the catch-all route alike.
   const forward: Forwarder =

@@ -5,7 +5,6 @@ import type { FastifyBaseLogger, FastifyError } from 'fastify';
 import type { Dispatcher } from 'undici';
 import type { Config } from '../config/schema.js';
 import { type AccessLog, createAccessLog } from './access-log.js';
-import type { BodyWatch } from './body-timeout.js';
 import {
   EdgeBodyTimeout,
   EdgeDirectiveInvalid,
@@ -26,6 +25,7 @@ import { closeAfterAnswer } from './linger.js';
 import type { Metrics } from './metrics.js';
 import type { Outbound } from './outbound.js';
 import { DirectiveError } from './senddata.js';
+import type { StallWatch } from './stall-watch.js';
 import { API_REQUEST_HEADER, type Authorization, apiRequestToken, authorize } from './upload-authorize.js';
 import { HASHES, Stash, type StoredFile, StoreError, storeFile } from './upload-store.js';
 
@@ -42,7 +42,7 @@ export interface UploadOptions {
   isClosing: () => boolean;
   metrics?: Metrics | undefined;
   /** `client_body_timeout`: an upload whose body stops arriving is answered 408 and its files removed. */
-  bodyWatch?: BodyWatch | undefined;
+  stallWatch?: StallWatch | undefined;
 }
 
 /** The fields a file part `<f>` becomes, in the order they are sent (Workhorse's names). */
@@ -137,10 +137,10 @@ async function handleUpload(
     answer(new EdgeRequestInvalid(duplicate));
     return;
   }
-  opts.bodyWatch?.watch(req, () => {
+  opts.stallWatch?.body(req, () => {
     if (res.writableEnded || res.destroyed || forwarded) return;
     log.warn(
-      { ...fields, outcome: 'timeout', timeoutMs: opts.bodyWatch?.timeoutMs, durationMs: elapsed(started) },
+      { ...fields, outcome: 'timeout', timeoutMs: opts.stallWatch?.bodyTimeoutMs, durationMs: elapsed(started) },
       'upload body timeout: the body stopped arriving',
     );
     opts.metrics?.upload('failed', req);

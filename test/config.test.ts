@@ -25,6 +25,7 @@ describe('configuration', () => {
       secretPath: '.gitlab_workhorse_secret',
       proxyHeadersTimeoutMs: 300_000,
       clientBodyTimeoutMs: 60_000,
+      sendTimeoutMs: 60_000,
       shutdownTimeoutMs: 60_000,
       propagateCorrelationId: false,
       logLevel: 'info',

@@ -386,3 +386,50 @@ describe('bytes that are not HTTP on a client connection', () => {
     expect(res.body).toBe('Request Header Fields Too Large: the request headers are too large\n');
   });
 });
+
+describe('send_timeout', () => {
+  const bigFile = (size: number) => {
+    const file = join(newDir(), 'big.bin');
+    writeFileSync(file, Buffer.alloc(size, 7));
+    return file;
+  };
+
+  it('closes the connection of a client that reads none of its answer, and logs it', async () => {
+    const file = bigFile(16 * 1024 * 1024);
+    const backend = await startBackend((_req, res) => res.writeHead(200, { 'x-sendfile': file }).end());
+    const logs: Record<string, unknown>[] = [];
+    const proxy = await startProxy(backend.url, { toml: 'send_timeout = "300ms"', logs });
+    const client = await rawClient(proxy.port);
+    client.socket.removeAllListeners('data');
+    client.socket.pause();
+    const started = Date.now();
+    client.socket.write('GET /big HTTP/1.1\r\nHost: x\r\n\r\n');
+    // A client that reads nothing sees nothing either: what shows is Outrider closing its side.
+    const closed = () => logs.some((l) => l.msg === 'request');
+    await waitFor(closed, 10_000);
+    expect(Date.now() - started).toBeLessThan(5000);
+    expect(logs.find((l) => l.msg === 'send timeout: the client stopped reading')).toMatchObject({ level: 40, timeoutMs: 300 });
+    expect(logs.find((l) => l.msg === 'request')).toMatchObject({ status: 200, aborted: true });
+  });
+
+  it('never cuts a client that keeps reading, however slowly overall', async () => {
+    const size = 3 * 1024 * 1024;
+    const file = bigFile(size);
+    const backend = await startBackend((_req, res) => res.writeHead(200, { 'x-sendfile': file }).end());
+    const proxy = await startProxy(backend.url, { toml: 'send_timeout = "300ms"' });
+    const client = await rawClient(proxy.port);
+    client.socket.removeAllListeners('data');
+    client.socket.pause();
+    client.socket.write('GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    // 64 KiB every 60 ms: some 3 s in all, ten times the timeout, but never 300 ms without reading.
+    let received = 0;
+    const started = Date.now();
+    while (!client.socket.readableEnded && Date.now() - started < 20_000) {
+      const chunk = (client.socket.read(64 * 1024) ?? client.socket.read()) as Buffer | null;
+      if (chunk !== null) received += chunk.length;
+      await sleep(60);
+    }
+    expect(received).toBeGreaterThan(size);
+    expect(Date.now() - started).toBeGreaterThan(1000);
+  });
+});

@@ -1,6 +1,8 @@
 import { instructions, MAX_UPLOAD, RAW_FAULTS } from './backend.js';
 import type { Exchange } from './client.js';
 
+export const NEVER_READS = 'reader of a 4 MiB file that never reads';
+
 /** One generated case: its kind (what the report counts), the outcomes allowed, and the bytes. */
 export interface Case {
   kind: string;
@@ -264,6 +266,13 @@ export function buildCorpus(opts: { scale: number; seed: number; closedPort: num
   }));
   add('slow reader of a 4 MiB file, then gone', 'client', ['aborted'], 5, () => ({
     parts: [head('GET', '/large', [['Host', 'faults']]), 1500],
+    noRead: true,
+    abort: true,
+  }));
+  // send_timeout (2 s in this suite) closes the connection long before this client gives up at 5 s:
+  // the suite counts Outrider's 'send timeout' lines for it.
+  add(NEVER_READS, 'client', ['aborted'], 5, () => ({
+    parts: [head('GET', '/large', [['Host', 'faults']]), 5000],
     noRead: true,
     abort: true,
   }));
