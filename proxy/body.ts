@@ -92,6 +92,10 @@ const ignore = () => undefined;
 
 /** The first chunk `body` gives, or null when it ends without one; rejects when it fails or closes first. */
 function firstChunk(body: Readable): Promise<Buffer | null> {
+  // Settled already: no event would come.
+  if (body.errored !== null) return Promise.reject(body.errored);
+  if (body.readableEnded) return Promise.resolve(null);
+  if (body.destroyed) return Promise.reject(new Error('the source closed before its first byte'));
   return new Promise((resolve, reject) => {
     const done = () => {
       body.off('data', onData);

@@ -119,6 +119,8 @@ async function serve(config: Config, worker: WorkerSetup | undefined): Promise<v
   }
   const exit = (code: number) => {
     logger.flush(() => process.exit(code));
+    // A log destination that never calls back (it may be what failed) must not keep the process up.
+    setTimeout(() => process.exit(code), 2_000).unref();
   };
   let ready = false;
   let requested: NodeJS.Signals | undefined;
@@ -146,7 +148,10 @@ async function serve(config: Config, worker: WorkerSetup | undefined): Promise<v
     failed = true;
     stopCode = 1;
     if (worker !== undefined) announceFailing();
-    begin('SIGTERM');
+    // No shutdown_delay: this process must stop taking connections now, not in a while.
+    if (stopping) return;
+    stopping = true;
+    close('SIGTERM');
   });
   const onSignal = (signal: NodeJS.Signals) => {
     if (++signals > 1) {

@@ -3,6 +3,9 @@ import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
 import type { FastifyBaseLogger } from 'fastify';
 
+/** Connections already handled: Node's parser stays broken and reports every later segment again. */
+const handled = new WeakSet<Socket>();
+
 const BODIES: Record<number, string> = {
   400: 'Bad Request: the request is not valid HTTP\n',
   408: 'Request Timeout: the request headers did not arrive in time\n',
@@ -21,10 +24,12 @@ const BODIES: Record<number, string> = {
  *   connection is cut, never a status line written into a body.
  * - Otherwise nothing was answered: `400`, `408` or `431` in plain text, then the connection closes.
  *
+ * Handled once per connection (the parser stays broken and reports every later segment again).
  * Logged at debug: an attacker must not be able to fill the log with them.
  */
 export function onClientError(this: { log: FastifyBaseLogger }, err: NodeJS.ErrnoException, socket: Socket): void {
-  if (err.code === 'ECONNRESET' || socket.destroyed) return;
+  if (err.code === 'ECONNRESET' || socket.destroyed || handled.has(socket)) return;
+  handled.add(socket);
   this.log.debug({ err, subsystem: 'proxy' }, 'client sent what is not HTTP');
   const res = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
   if (res !== undefined && res !== null) {

@@ -140,10 +140,16 @@ export async function runPrimary(config: Config, logger: Logger): Promise<void> 
     });
   };
 
-  /** A worker failed: it drains on its own while a new one takes its slot. */
+  /** A worker failed: it drains on its own while a new one takes its slot, and is killed if it has not exited in time. */
   const retire = (slot: Slot, worker: Worker) => {
     if (slot.worker !== worker || stopping) return;
     retiring.add(worker);
+    const deadline = setTimeout(() => {
+      logger.warn({ worker: worker.id, workerPid: worker.process.pid }, 'failed worker still running past shutdown_timeout: killing it');
+      worker.process.kill('SIGKILL');
+    }, config.shutdownTimeoutMs + SHUTDOWN_MARGIN_MS);
+    deadline.unref();
+    worker.once('exit', () => clearTimeout(deadline));
     slot.worker = undefined;
     slot.ready = false;
     replace(slot, { worker: worker.id, workerPid: worker.process.pid }, 'worker failed: starting a new one while it finishes its requests');

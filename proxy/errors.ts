@@ -2,7 +2,7 @@ import { type ServerResponse, STATUS_CODES } from 'node:http';
 import createError, { type FastifyError } from '@fastify/error';
 import type { FastifyInstance } from 'fastify';
 import { type ErrorPages, writeErrorPage } from './error-pages.js';
-import { closeAfterAnswer } from './linger.js';
+import { bodyUnread, closeAfterAnswer } from './linger.js';
 
 /** The HTTP error catalogue: one code, message and status per failure a client can see. */
 export const EdgeUpstreamUnavailable = createError('EDGE_UPSTREAM_UNAVAILABLE', 'Bad Gateway: the backend is not responding', 502);
@@ -69,7 +69,7 @@ export function writeError(res: ServerResponse, err: FastifyError): void {
   }
   const status = err.statusCode ?? 500;
   // Answered before the client finished sending: the connection closes after this, gently.
-  if (res.req?.complete === false) closeAfterAnswer(res);
+  if (res.req !== undefined && bodyUnread(res.req)) closeAfterAnswer(res);
   try {
     const page = status >= 500 ? (res as PagedResponse)[kErrorPages]?.get(status) : undefined;
     if (page !== undefined) {

@@ -27,7 +27,7 @@ import {
   WORKHORSE,
 } from './headers.js';
 import type { InterceptContext, Interceptor, ResponseHead } from './intercept.js';
-import { closeAfterAnswer } from './linger.js';
+import { bodyUnread, closeAfterAnswer } from './linger.js';
 import type { Metrics } from './metrics.js';
 import type { StallWatch } from './stall-watch.js';
 
@@ -149,6 +149,13 @@ export function createForwarder(options: ForwardOptions): Forwarder {
   };
 }
 
+/** How long the head of an answer without Content-Length waits for its first body byte before it goes out alone. */
+const HEAD_HOLD_MS = 1_000;
+
+function flushHeldHead(handler: ForwardHandler): void {
+  handler.flushHeld();
+}
+
 /** Statuses a response may carry (RFC 9110 §15); anything else from the backend is a 502. */
 const MIN_STATUS = 100;
 const MAX_STATUS = 599;
@@ -231,7 +238,8 @@ export function requestHeaders(
 /**
  * Headers a request may carry once only (RFC 9110 §8.3, RFC 9112 §3.2) whose copies would be read
  * differently by Outrider and the backend: Outrider judges an upload route by the first
- * Content-Type, a backend may read the last. Such a request is refused (400), as nginx does.
+ * Content-Type, a backend may read the last. Such a request is refused (400), as nginx does for
+ * two Host headers and Workhorse's Go server for neither.
  */
 export function duplicateSingleton(req: IncomingMessage): string | undefined {
   const raw = req.rawHeaders;
@@ -278,6 +286,7 @@ export function readHead(statusCode: number, raw: Buffer[], statusMessage: strin
     sendData: undefined,
     sendfile: undefined,
     detectContentType: false,
+    hasLength: false,
   };
   let connection: string | undefined;
   for (let i = 0; i < raw.length; i += 2) {
@@ -293,6 +302,7 @@ export function readHead(statusCode: number, raw: Buffer[], statusMessage: strin
     }
     // The first Content-Type is the one that counts (as Go's Header.Get in Workhorse).
     if (lower === 'content-type' && head.contentType === undefined) head.contentType = value;
+    else if (lower === 'content-length') head.hasLength = true;
     head.headers.push(name, value);
   }
   if (connection !== undefined) head.headers = withoutNamed(head.headers, connectionTokens(connection));
@@ -303,17 +313,24 @@ export function readHead(statusCode: number, raw: Buffer[], statusMessage: strin
  * undici's dispatch handler for one proxied request. It uses the callback API undici runs on
  * internally (`onHeaders` with raw header buffers), which skips a per-response header object.
  *
- * The backend's head is held until the first body byte (or the end) is relayed, as Go's
- * ResponseWriter in Workhorse does: until a byte has left, the response has not started, and a
- * backend that fails before its body (a bad chunk, a reset) is still answered 502 instead of
- * cutting a response that never began. undici calls every method here inside a try/catch but
- * `onConnect` and `onError`, which cannot throw.
+ * The backend's head is held until the first body byte (or the end) is relayed: until a byte has
+ * left, the response has not started, and a backend that fails before its body (a bad chunk, a
+ * reset) is still answered 502 instead of cutting a response that never began. (Node sends no
+ * head before the first body write either; what is new is that Outrider knows it.) A streaming
+ * answer, one without Content-Length, gets its head out after at most `HEAD_HOLD_MS` of silence,
+ * as Go's ReverseProxy (Workhorse) flushes the head of such answers without waiting for a body:
+ * an EventSource opens, a long poll's client sees its status. undici calls every method here
+ * inside a try/catch but `onConnect` and `onError`, which cannot throw.
  */
 class ForwardHandler implements Dispatcher.DispatchHandler {
   private abortUpstream: ((err?: Error) => void) | undefined;
   private resume: (() => void) | undefined;
   private intercepted = false;
+  /** The backend's head went out: the access line counts the body bytes relayed, even if it is cut later. */
+  private relayed = false;
   private discarded = 0;
+  /** Flushes a held head of a streaming answer whose first body byte is slow to come. */
+  private holdTimer: NodeJS.Timeout | undefined;
   /**
    * The backend's headers, status and reason, held until the first byte of its body goes out with
    * them (kept as fields: no object per response). `pending` is set while a head is held.
@@ -363,7 +380,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     if (this.intercepted) return true;
     // The backend answered before the client finished sending (an early 413 or 401): undici stops
     // reading the client's body, so the connection cannot be reused and closes after this answer.
-    if (!this.req.complete) closeAfterAnswer(this.res);
+    if (bodyUnread(this.req)) closeAfterAnswer(this.res);
     if (statusCode > MAX_STATUS || statusCode < MIN_STATUS) {
       this.log.error({ subsystem: 'proxy', status: statusCode }, 'backend sent a status outside 100-599');
       this.failBeforeBody(new EdgeUpstreamInvalidResponse());
@@ -413,15 +430,31 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     this.pending = head.headers;
     this.pendingStatus = statusCode;
     this.pendingReason = reason;
+    // Answers that carry no body (HEAD, 204, 304) end at once: no timer for them.
+    if (!head.hasLength && statusCode !== 204 && statusCode !== 304 && this.req.method !== 'HEAD') {
+      this.holdTimer = setTimeout(flushHeldHead, HEAD_HOLD_MS, this);
+    }
     return true;
+  }
+
+  /** The head of a streaming answer whose body is slow to start goes out on its own. */
+  flushHeld(): void {
+    this.holdTimer = undefined;
+    if (this.pending === undefined || this.intercepted || this.clientGone) return;
+    if (this.flushHead()) this.res.flushHeaders();
   }
 
   /** Writes the held head; false (and the client answered 502) when Node refuses one of its headers. */
   private flushHead(): boolean {
     const headers = this.pending as string[];
     this.pending = undefined;
+    if (this.holdTimer !== undefined) {
+      clearTimeout(this.holdTimer);
+      this.holdTimer = undefined;
+    }
     try {
       this.res.writeHead(this.pendingStatus, this.pendingReason, headers);
+      this.relayed = true;
       return true;
     } catch (err) {
       // A header Node refuses to send: the backend's answer cannot be relayed as it is.
@@ -434,7 +467,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   /** Nothing of the backend's answer went out: the client gets `err`, the backend request is dropped. */
   private failBeforeBody(err: FastifyError): void {
     this.intercepted = true;
-    this.pending = undefined;
+    this.dropHeld();
     writeError(this.res, err);
     this.abortUpstream?.(err);
   }
@@ -463,7 +496,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     this.intercepted = true;
     const edge = mapUpstreamError(err);
     try {
-      if (this.pending === undefined && this.res.headersSent) {
+      if (this.relayed) {
         this.log.warn({ err, subsystem: 'proxy' }, 'backend response cut off mid-body');
       } else {
         this.log.warn({ err, subsystem: 'proxy', code: edge.code }, 'backend request failed');
@@ -471,8 +504,17 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     } catch {
       // Logging must not keep the client from its answer.
     }
-    this.pending = undefined;
+    this.dropHeld();
     writeError(this.res, edge);
+  }
+
+  /** Forgets a held head that will never go out. */
+  private dropHeld(): void {
+    this.pending = undefined;
+    if (this.holdTimer !== undefined) {
+      clearTimeout(this.holdTimer);
+      this.holdTimer = undefined;
+    }
   }
 
   onDrain(): void {
@@ -485,7 +527,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
    */
   onBodyStall(): void {
     if (this.clientGone || this.res.writableEnded) return;
-    const answered = this.intercepted || (this.pending === undefined && this.res.headersSent);
+    const answered = this.intercepted || this.relayed;
     try {
       this.log.warn(
         { subsystem: 'proxy', timeoutMs: this.opts.stallWatch?.bodyTimeoutMs },
@@ -495,7 +537,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
       // as above
     }
     this.intercepted = true;
-    this.pending = undefined;
+    this.dropHeld();
     this.abortUpstream?.(new Error('client body timeout'));
     if (answered) {
       this.res.destroy();
@@ -531,6 +573,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
     const aborted = !res.writableFinished;
     if (aborted) {
       this.clientGone = true;
+      this.dropHeld();
       this.abortUpstream?.(new Error('client went away'));
       this.call?.clientLeft();
     } else if (this.opts.isClosing()) {
@@ -541,7 +584,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
       requestId: this.requestId,
       started: this.started,
       peer: this.peer,
-      bytes: this.intercepted ? undefined : this.bytes,
+      bytes: this.relayed ? this.bytes : undefined,
     });
   }
 }

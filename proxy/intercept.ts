@@ -22,6 +22,8 @@ export interface ResponseHead {
   sendData: string | undefined;
   sendfile: string | undefined;
   detectContentType: boolean;
+  /** The backend sent a Content-Length: its body has a known end (else it is chunked or ends with the connection). */
+  hasLength: boolean;
 }
 
 export interface InterceptContext {

@@ -19,6 +19,17 @@ type LingeringSocket = Socket & { [kLingering]?: IncomingMessage };
  * Node's server closes such a connection with `socket.destroySoon()` once the answer is written;
  * this swaps that call, for this socket only, for the lingering close.
  */
+/**
+ * True while `req` declared a body (a Content-Length other than 0, or Transfer-Encoding) that has
+ * not arrived whole. (`req.complete` alone is false for a bodiless request too, until Node's
+ * parser has finished with it, which is after the request handler ran.)
+ */
+export function bodyUnread(req: IncomingMessage): boolean {
+  if (req.complete) return false;
+  const length = req.headers['content-length'];
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+}
+
 export function closeAfterAnswer(res: ServerResponse): void {
   res.shouldKeepAlive = false;
   const socket = res.socket as LingeringSocket | null;

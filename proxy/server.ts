@@ -70,11 +70,13 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
 
   // Clients that go silent mid-body or stop reading their answer (client_body_timeout, send_timeout).
   const stallWatch = createStallWatch({ bodyTimeoutMs: config.clientBodyTimeoutMs, sendTimeoutMs: config.sendTimeoutMs });
-  const onSendStall = (socket: Socket) =>
+  const onSendStall = (socket: Socket) => {
+    const res = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
     app.log.warn(
-      { subsystem: 'proxy', remoteAddress: socket.remoteAddress, timeoutMs: config.sendTimeoutMs },
+      { subsystem: 'proxy', remoteAddress: socket.remoteAddress, path: res?.req?.url, timeoutMs: config.sendTimeoutMs },
       'send timeout: the client stopped reading',
     );
+  };
 
   const app = Fastify({
     loggerInstance: opts.logger === false ? undefined : (opts.logger ?? createLogger(config)),

@@ -12,8 +12,9 @@ import type { Socket } from 'node:net';
  *   client that keeps sending, however slowly overall, is never cut.
  * - **An answer the client stops reading** (`send_timeout`). The clock runs while bytes wait to
  *   be sent on a connection and none of them leaves; when it runs out the connection is closed.
- *   A client that reads, however slowly, is never cut, and nothing is counted while Outrider
- *   waits for the backend.
+ *   Nothing is counted while Outrider waits for the backend. Bytes are seen leaving when the
+ *   kernel takes more of them, as nginx sees them between two of its writes: a client that reads
+ *   at least a socket buffer's worth (a few MiB at most) per timeout is never cut.
  *
  * One timer serves every request and connection. A watched body costs an entry in a set, a
  * connection an entry in a map; nothing is done per chunk: progress is read from the socket's
@@ -41,9 +42,14 @@ interface Body {
 
 interface Connection {
   onStall: (socket: Socket) => void;
-  lastWritten: number;
   lastPending: number;
+  lastQueued: number;
   since: number;
+}
+
+/** Bytes libuv still holds for the kernel: it falls as the client reads, even inside one large write. */
+function queued(socket: Socket): number {
+  return (socket as Socket & { _handle?: { writeQueueSize?: number } | null })._handle?.writeQueueSize ?? 0;
 }
 
 export function createStallWatch(opts: { bodyTimeoutMs: number; sendTimeoutMs: number }): StallWatch {
@@ -81,13 +87,14 @@ export function createStallWatch(opts: { bodyTimeoutMs: number; sendTimeoutMs: n
       }
     }
     for (const [socket, c] of connections) {
-      // Bytes leave Node's buffers only as the client reads them: nothing waiting, or less waiting
-      // than before, or more accepted since (a producer writes again only after a drain), is progress.
+      // Bytes leave only as the client reads them. Nothing waiting is no stall; a change in what
+      // libuv holds (it falls with every partial write to the kernel, even inside one large
+      // buffer) or in what Node buffers (a producer writes again only after a drain) is progress.
       const pending = socket.writableLength;
-      const written = socket.bytesWritten;
-      if (pending === 0 || pending < c.lastPending || written !== c.lastWritten) {
+      const inKernelQueue = queued(socket);
+      if (pending === 0 || pending !== c.lastPending || inKernelQueue !== c.lastQueued) {
         c.lastPending = pending;
-        c.lastWritten = written;
+        c.lastQueued = inKernelQueue;
         c.since = now;
         continue;
       }
@@ -95,9 +102,10 @@ export function createStallWatch(opts: { bodyTimeoutMs: number; sendTimeoutMs: n
       connections.delete(socket);
       try {
         c.onStall(socket);
-      } finally {
-        socket.destroy();
+      } catch {
+        // A callback that throws must not stop the others, nor keep this connection open.
       }
+      socket.destroy();
     }
     if (bodies.size === 0 && connections.size === 0) stop();
   };
@@ -122,7 +130,7 @@ export function createStallWatch(opts: { bodyTimeoutMs: number; sendTimeoutMs: n
     },
     connection(socket, onStall) {
       if (closed || socket.destroyed) return;
-      connections.set(socket, { onStall, lastWritten: socket.bytesWritten, lastPending: 0, since: performance.now() });
+      connections.set(socket, { onStall, lastPending: 0, lastQueued: 0, since: performance.now() });
       socket.once('close', () => connections.delete(socket));
       start();
     },

@@ -21,7 +21,7 @@ import { type BodyReplacement, duplicateSingleton, type Forwarder, peerAddress }
 import { endOnFault } from './guard.js';
 import { MULTIPART_FIELDS } from './headers.js';
 import { ISSUER, signJwt } from './jwt.js';
-import { closeAfterAnswer } from './linger.js';
+import { bodyUnread, closeAfterAnswer } from './linger.js';
 import type { Metrics } from './metrics.js';
 import type { Outbound } from './outbound.js';
 import { DirectiveError } from './senddata.js';
@@ -144,7 +144,7 @@ async function handleUpload(
       'upload body timeout: the body stopped arriving',
     );
     opts.metrics?.upload('failed', req);
-    // Answered first, then the store is stopped (which destroys the request); its files go with the response.
+    // Answered first, then the store is stopped; its files go when the response closes.
     answer(new EdgeBodyTimeout());
     abort.abort();
   });
@@ -163,7 +163,7 @@ async function handleUpload(
       if ('refused' in result) {
         log.info({ ...fields, outcome: 'refused', status: result.refused.statusCode }, 'upload refused by the backend');
         opts.metrics?.upload('refused', req);
-        if (!req.complete) closeAfterAnswer(res);
+        if (bodyUnread(req)) closeAfterAnswer(res);
         req.on('error', () => undefined);
         res.writeHead(result.refused.statusCode, [...result.refused.headers, 'content-length', String(result.refused.body.length)]);
         res.end(result.refused.body);

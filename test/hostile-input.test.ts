@@ -433,3 +433,52 @@ describe('send_timeout', () => {
     expect(Date.now() - started).toBeGreaterThan(1000);
   });
 });
+
+describe('review regressions', () => {
+  it('junk sent again and again after a parse error is handled once, with no listener piling up', async () => {
+    const warnings: Error[] = [];
+    const onWarning = (w: Error) => warnings.push(w);
+    process.on('warning', onWarning);
+    onTestFinished(() => {
+      process.off('warning', onWarning);
+    });
+    const backend = await startBackend((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('streaming ');
+    });
+    const proxy = await startProxy(backend.url);
+    const client = await rawClient(proxy.port);
+    client.socket.write('GET /stream HTTP/1.1\r\nHost: x\r\n\r\n');
+    await waitFor(() => client.text().includes('streaming'));
+    for (let i = 0; i < 40; i++) {
+      client.socket.write('\u0001');
+      await sleep(5);
+    }
+    await sleep(100);
+    expect(warnings.filter((w) => w.name === 'MaxListenersExceededWarning')).toEqual([]);
+    expect(client.text().match(/HTTP\/1\.1 /g)).toHaveLength(1);
+  });
+
+  it('a bodiless request answered with an error closes at once, without the lingering wait', async () => {
+    const proxy = await startProxy((await startBackend((_req, res) => res.end('no'))).url);
+    const started = Date.now();
+    const res = await rawRequest(proxy.port, 'GET http://evil.example/ HTTP/1.1\r\nHost: x\r\n\r\n');
+    expect(res.status).toBe(400);
+    expect(Date.now() - started).toBeLessThan(2000);
+  });
+
+  it('the head of a streaming answer whose body is slow to start reaches the client within a second or so', async () => {
+    const backend = await startBackend((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.flushHeaders();
+      setTimeout(() => res.end('data: late\n\n'), 4000);
+    });
+    const proxy = await startProxy(backend.url);
+    const started = Date.now();
+    const res = await request(`${proxy.url}/events`);
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['content-type']).toBe('text/event-stream');
+    expect(Date.now() - started).toBeLessThan(2500);
+    res.body.destroy();
+  });
+});

@@ -272,7 +272,7 @@ export function buildCorpus(opts: { scale: number; seed: number; closedPort: num
   // send_timeout (2 s in this suite) closes the connection long before this client gives up at 5 s:
   // the suite counts Outrider's 'send timeout' lines for it.
   add(NEVER_READS, 'client', ['aborted'], 5, () => ({
-    parts: [head('GET', '/large', [['Host', 'faults']]), 5000],
+    parts: [head('GET', `/large?never-reads=${int(0, 1e9)}`, [['Host', 'faults']]), 5000],
     noRead: true,
     abort: true,
   }));
