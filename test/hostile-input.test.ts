@@ -9,14 +9,13 @@ import { describe, expect, it, onTestFinished } from 'vitest';
 import { startProxy } from './helpers/app.js';
 import { readBody, startBackend } from './helpers/backend.js';
 import { parseResponse, type RawResponse, rawRequest } from './helpers/raw.js';
+import { API_TYPE, TEST_SECRET_B64, uploadRoutesToml } from './helpers/uploads.js';
 
 // Regressions of the hostile-input run: each case here crashed, hung or leaked on the build before.
 
-const SECRET_B64 = '+M8OJgJxoxdDRgOR0UT8sDbAgp/63y/XUNE3d8+tawA=';
-const API_TYPE = 'application/vnd.gitlab-workhorse+json';
 const root = mkdtempSync(join(tmpdir(), 'outrider-hostile-'));
 const secretPath = join(root, 'secret');
-writeFileSync(secretPath, `${SECRET_B64}\n`);
+writeFileSync(secretPath, `${TEST_SECRET_B64}\n`);
 let dirs = 0;
 const newDir = () => {
   const dir = join(root, `d${dirs++}`);
@@ -24,18 +23,7 @@ const newDir = () => {
   return dir;
 };
 
-const uploadToml = (tempDir: string, more = '') => `secret_path = "${secretPath}"
-${more}
-[uploads]
-temp_dir = "${tempDir}"
-[[uploads.routes]]
-method = "POST"
-path = "^/uploads/"
-[[uploads.routes]]
-method = "PUT"
-path = "^/packages/"
-kind = "body"
-`;
+const uploadToml = (tempDir: string, top = '') => uploadRoutesToml({ secretPath, tempDir, maxFiles: 10, top });
 
 /** A Rails-like backend: `/authorize` lets uploads into `dir` (with `extra`), the upload route answers 201. */
 async function uploadBackend(dir: string, extra: Record<string, unknown> = {}) {

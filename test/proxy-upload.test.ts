@@ -9,14 +9,12 @@ import { describe, expect, it } from 'vitest';
 import { verifyJwt } from '../proxy/jwt.js';
 import { startProxy } from './helpers/app.js';
 import { readBody, startBackend } from './helpers/backend.js';
+import { API_TYPE, TEST_SECRET_B64, uploadRoutesToml } from './helpers/uploads.js';
 
-// Workhorse's test key (testdata/test-secret).
-const SECRET_B64 = '+M8OJgJxoxdDRgOR0UT8sDbAgp/63y/XUNE3d8+tawA=';
-const SECRET = Buffer.from(SECRET_B64, 'base64');
+const SECRET = Buffer.from(TEST_SECRET_B64, 'base64');
 const root = mkdtempSync(join(tmpdir(), 'outrider-upload-'));
 const secretPath = join(root, 'secret');
-writeFileSync(secretPath, `${SECRET_B64}\n`);
-const API_TYPE = 'application/vnd.gitlab-workhorse+json';
+writeFileSync(secretPath, `${TEST_SECRET_B64}\n`);
 
 let dirs = 0;
 const newDir = () => {
@@ -68,22 +66,7 @@ const localAnswer =
     body: JSON.stringify({ TempPath: dir, ...extra }),
   });
 
-const routesToml = (tempDir: string, more = '') => `secret_path = "${secretPath}"
-[uploads]
-temp_dir = "${tempDir}"
-max_files = 3
-[[uploads.routes]]
-method = "POST"
-path = "^/uploads/"
-[[uploads.routes]]
-method = "POST"
-path = "^/open/"
-preauthorize = false
-[[uploads.routes]]
-method = "PUT"
-path = "^/packages/"
-kind = "body"
-${more}`;
+const routesToml = (tempDir: string) => uploadRoutesToml({ secretPath, tempDir, maxFiles: 3 });
 
 function form(entries: [string, string | { data: Buffer | string; filename: string }][]): FormData {
   const f = new FormData();

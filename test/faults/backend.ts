@@ -3,7 +3,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 
-const API_TYPE = 'application/vnd.gitlab-workhorse+json';
+import { API_TYPE } from '../helpers/uploads.js';
 
 /** What the fault backend lets an accelerated upload store: the authorize answer's MaximumSize. */
 export const MAX_UPLOAD = 100_000;

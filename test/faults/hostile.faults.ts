@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { FormData, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pixelBomb } from '../helpers/images.js';
+import { TEST_SECRET_B64, uploadRoutesToml } from '../helpers/uploads.js';
 import { type FaultBackend, type FaultFiles, makeFiles, startFaultBackend } from './backend.js';
 import { exchange, type Outcome, pool } from './client.js';
 import { buildCorpus, type Case, NEVER_READS } from './corpus.js';
@@ -22,7 +23,6 @@ import { buildCorpus, type Case, NEVER_READS } from './corpus.js';
  */
 
 const CLI = fileURLToPath(new URL('../../dist/proxy/cli.js', import.meta.url));
-const SECRET_B64 = '+M8OJgJxoxdDRgOR0UT8sDbAgp/63y/XUNE3d8+tawA=';
 const SCALE = Number(process.env.FAULTS_SCALE ?? '1');
 /** No exchange may take longer: the slowest legitimate ones wait for a 2 s header timeout. */
 const EXCHANGE_TIMEOUT_MS = 15_000;
@@ -99,33 +99,18 @@ beforeAll(async () => {
   files = makeFiles(join(root, 'files'), pixelBomb(8000));
   backend = await startFaultBackend({ uploadDir, files, closedPort });
   const secret = join(root, 'secret');
-  writeFileSync(secret, `${SECRET_B64}\n`);
+  writeFileSync(secret, `${TEST_SECRET_B64}\n`);
   const config = join(root, 'outrider.toml');
   writeFileSync(
     config,
     `listen_addr = "127.0.0.1:0"
 auth_backend = "${backend.url}"
-secret_path = "${secret}"
-proxy_headers_timeout = "2s"
-client_body_timeout = "1s"
-send_timeout = "2s"
-[outbound]
-connect_timeout = "2s"
-[uploads]
-temp_dir = "${tempDir}"
-max_files = 10
-[[uploads.routes]]
-method = "POST"
-path = "^/uploads/"
-[[uploads.routes]]
-method = "POST"
-path = "^/open/"
-preauthorize = false
-[[uploads.routes]]
-method = "PUT"
-path = "^/packages/"
-kind = "body"
-`,
+${uploadRoutesToml({
+  secretPath: secret,
+  tempDir,
+  maxFiles: 10,
+  top: 'proxy_headers_timeout = "2s"\nclient_body_timeout = "1s"\nsend_timeout = "2s"',
+})}`,
   );
   edge = spawn(process.execPath, ['--expose-gc', '--import', HEAP_FIXTURE, CLI, '--config', config], {
     stdio: ['ignore', 'pipe', 'inherit'],
