@@ -166,11 +166,11 @@ describe('client_body_timeout', () => {
   it('never cuts a body that keeps coming, however slowly overall', async () => {
     const dir = newDir();
     const backend = await uploadBackend(dir);
-    const proxy = await startProxy(backend.url, { toml: uploadToml(newDir(), 'client_body_timeout = "300ms"') });
+    const proxy = await startProxy(backend.url, { toml: uploadToml(newDir(), 'client_body_timeout = "600ms"') });
     const client = await rawClient(proxy.port);
-    const total = 12;
+    const total = 16;
     client.socket.write(`PUT /packages/generic/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: ${total * 100}\r\n\r\n`);
-    // 1.8 s in all, six times the timeout, but never 300 ms without a byte.
+    // 2.4 s in all, four times the timeout, but never 600 ms without a byte.
     for (let i = 0; i < total; i++) {
       client.socket.write(Buffer.alloc(100, 2));
       await sleep(150);
@@ -383,7 +383,8 @@ describe('send_timeout', () => {
   };
 
   it('closes the connection of a client that reads none of its answer, and logs it', async () => {
-    const file = bigFile(16 * 1024 * 1024);
+    // Larger than the kernel's socket buffers on both sides can hold.
+    const file = bigFile(32 * 1024 * 1024);
     const backend = await startBackend((_req, res) => res.writeHead(200, { 'x-sendfile': file }).end());
     const logs: Record<string, unknown>[] = [];
     const proxy = await startProxy(backend.url, { toml: 'send_timeout = "300ms"', logs });
@@ -404,12 +405,12 @@ describe('send_timeout', () => {
     const size = 3 * 1024 * 1024;
     const file = bigFile(size);
     const backend = await startBackend((_req, res) => res.writeHead(200, { 'x-sendfile': file }).end());
-    const proxy = await startProxy(backend.url, { toml: 'send_timeout = "300ms"' });
+    const proxy = await startProxy(backend.url, { toml: 'send_timeout = "800ms"' });
     const client = await rawClient(proxy.port);
     client.socket.removeAllListeners('data');
     client.socket.pause();
     client.socket.write('GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
-    // 64 KiB every 60 ms: some 3 s in all, ten times the timeout, but never 300 ms without reading.
+    // 64 KiB every 60 ms: some 3 s in all, nearly four times the timeout, but never 800 ms without reading.
     let received = 0;
     const started = Date.now();
     while (!client.socket.readableEnded && Date.now() - started < 20_000) {

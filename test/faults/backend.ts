@@ -70,7 +70,7 @@ export interface FaultFiles {
   changing: string;
   bomb: string;
   garbage: string;
-  /** A 4 MiB file for slow readers. */
+  /** A 32 MiB file for slow readers: more than the kernel's socket buffers on both sides hold. */
   large: string;
   stopChanging(): void;
 }
@@ -86,7 +86,7 @@ export function makeFiles(dir: string, bomb: Buffer): FaultFiles {
   // PNG magic bytes, then noise.
   writeFileSync(garbage, Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), Buffer.alloc(5000, 7)]));
   const large = join(dir, 'large.bin');
-  writeFileSync(large, Buffer.alloc(4 * 1024 * 1024, 1));
+  writeFileSync(large, Buffer.alloc(32 * 1024 * 1024, 1));
   let flips = 0;
   const timer = setInterval(() => {
     if (flips++ % 2 === 0) truncateSync(changing, 0);
