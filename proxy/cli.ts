@@ -128,7 +128,6 @@ async function serve(config: Config, worker: WorkerSetup | undefined): Promise<v
   let signals = 0;
   /** The exit code once stopped: 1 after an uncaught exception, so a supervisor sees the failure. */
   let stopCode = 0;
-  let failed = false;
   // A request's own callbacks end only that request (proxy/guard.ts). What still escapes may have
   // left this process in any state: it takes no new connections, finishes the requests it has
   // (with shutdown_timeout as the bound) and exits 1. A cluster worker's primary starts its
@@ -144,8 +143,7 @@ async function serve(config: Config, worker: WorkerSetup | undefined): Promise<v
       logger.flush();
       process.exit(1);
     }
-    if (failed) return;
-    failed = true;
+    if (stopCode !== 0) return;
     stopCode = 1;
     if (worker !== undefined) announceFailing();
     // No shutdown_delay: this process must stop taking connections now, not in a while.

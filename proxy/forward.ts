@@ -231,7 +231,7 @@ export function requestHeaders(
   return {
     list: filtered,
     hasBody,
-    invalid: contentTypes > 1 || hosts > 1 ? duplicateMessage(contentTypes > 1 ? 'Content-Type' : 'Host') : undefined,
+    invalid: duplicated(contentTypes, hosts),
   };
 }
 
@@ -250,11 +250,14 @@ export function duplicateSingleton(req: IncomingMessage): string | undefined {
     if (lower === 'content-type') contentTypes++;
     else if (lower === 'host') hosts++;
   }
-  if (contentTypes > 1) return duplicateMessage('Content-Type');
-  return hosts > 1 ? duplicateMessage('Host') : undefined;
+  return duplicated(contentTypes, hosts);
 }
 
-const duplicateMessage = (name: string) => `the request has more than one ${name} header`;
+/** What is wrong with a request that has these many Content-Type and Host headers, if anything. */
+function duplicated(contentTypes: number, hosts: number): string | undefined {
+  const name = contentTypes > 1 ? 'Content-Type' : hosts > 1 ? 'Host' : undefined;
+  return name === undefined ? undefined : `the request has more than one ${name} header`;
+}
 
 /** What describes a request body, replaced with the body itself. */
 const BODY_HEADERS = ['content-type', 'content-length', 'content-encoding', 'content-md5'];
@@ -447,11 +450,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
   /** Writes the held head; false (and the client answered 502) when Node refuses one of its headers. */
   private flushHead(): boolean {
     const headers = this.pending as string[];
-    this.pending = undefined;
-    if (this.holdTimer !== undefined) {
-      clearTimeout(this.holdTimer);
-      this.holdTimer = undefined;
-    }
+    this.dropHeld();
     try {
       this.res.writeHead(this.pendingStatus, this.pendingReason, headers);
       this.relayed = true;
@@ -543,7 +542,7 @@ class ForwardHandler implements Dispatcher.DispatchHandler {
       this.res.destroy();
       return;
     }
-    this.res.shouldKeepAlive = false;
+    // The body is unread: writeError closes the connection after the 408, gently.
     writeError(this.res, new EdgeBodyTimeout());
   }
 

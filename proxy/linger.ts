@@ -9,17 +9,6 @@ const kLingering = Symbol('outrider.lingering');
 type LingeringSocket = Socket & { [kLingering]?: IncomingMessage };
 
 /**
- * The answer goes out before the client has sent its whole body (a 413 past MaximumSize, a 408,
- * a backend that answered early): the connection must close after it, and close gently. Closing
- * a socket with unread bytes in its receive buffer makes the kernel send a reset that discards
- * the answer still queued for sending, so the client, busy writing its body, never sees the 413.
- * As nginx's lingering close does, Outrider sends its FIN after the answer and goes on reading
- * (and dropping) what the client sends until the client closes, or for at most `LINGER_MS`.
- *
- * Node's server closes such a connection with `socket.destroySoon()` once the answer is written;
- * this swaps that call, for this socket only, for the lingering close.
- */
-/**
  * True while `req` declared a body (a Content-Length other than 0, or Transfer-Encoding) that has
  * not arrived whole. (`req.complete` alone is false for a bodiless request too, until Node's
  * parser has finished with it, which is after the request handler ran.)
@@ -30,6 +19,17 @@ export function bodyUnread(req: IncomingMessage): boolean {
   return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }
 
+/**
+ * The answer goes out before the client has sent its whole body (a 413 past MaximumSize, a 408,
+ * a backend that answered early): the connection must close after it, and close gently. Closing
+ * a socket with unread bytes in its receive buffer makes the kernel send a reset that discards
+ * the answer still queued for sending, so the client, busy writing its body, never sees the 413.
+ * As nginx's lingering close does, Outrider sends its FIN after the answer and goes on reading
+ * (and dropping) what the client sends until the client closes, or for at most `LINGER_MS`.
+ *
+ * Node's server closes such a connection with `socket.destroySoon()` once the answer is written;
+ * this swaps that call, for this socket only, for the lingering close.
+ */
 export function closeAfterAnswer(res: ServerResponse): void {
   res.shouldKeepAlive = false;
   const socket = res.socket as LingeringSocket | null;

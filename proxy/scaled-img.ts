@@ -95,11 +95,14 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number; log?: 
         if (Buffer.isBuffer(outcome.body)) res.writeHead(200, headers).end(outcome.body);
         else {
           const sent = await sendBody(outcome.body, res, outcome.size, () => res.writeHead(200, headers));
-          if (!sent.complete && !sent.started && !ctx.clientGone) {
-            // The original failed before its first byte: nothing was sent, so the client is told.
-            ctx.log.warn({ err: sent.err, subsystem: 'scaler' }, 'original image could not be read');
-            writeError(res, new EdgeSourceUnavailable());
-          } else if (!sent.complete && !ctx.clientGone) ctx.log.warn({ err: sent.err, subsystem: 'scaler' }, 'original image transfer cut');
+          if (!sent.complete && !ctx.clientGone) {
+            if (sent.started) ctx.log.warn({ err: sent.err, subsystem: 'scaler' }, 'original image transfer cut');
+            else {
+              // The original failed before its first byte: nothing was sent, so the client is told.
+              ctx.log.warn({ err: sent.err, subsystem: 'scaler' }, 'original image could not be read');
+              writeError(res, new EdgeSourceUnavailable());
+            }
+          }
         }
       } catch (err) {
         if (ctx.clientGone) return;

@@ -126,14 +126,15 @@ async function handleUpload(
   };
   const fields = { subsystem: 'upload', route: route.path.source, kind: route.kind };
   const answer = (err: FastifyError) => {
-    // The rest of the client's body is not read: the connection closes after this answer.
-    if (!req.complete) res.shouldKeepAlive = false;
+    // The rest of the client's body is not read: writeError closes the connection after this answer.
     req.on('error', () => undefined);
     writeError(res, err);
   };
   const duplicate = duplicateSingleton(req);
   if (duplicate !== undefined) {
     log.info({ ...fields, outcome: 'invalid', status: 400 }, 'upload refused: ambiguous request headers');
+    // As the forwarder does for the same refusal: the connection closes after it.
+    res.shouldKeepAlive = false;
     answer(new EdgeRequestInvalid(duplicate));
     return;
   }

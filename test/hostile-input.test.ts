@@ -1,7 +1,6 @@
-import { mkdirSync, mkdtempSync, readdirSync, truncateSync, writeFileSync } from 'node:fs';
+import { readdirSync, truncateSync, writeFileSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import { connect, createServer, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
@@ -9,19 +8,21 @@ import { describe, expect, it, onTestFinished } from 'vitest';
 import { startProxy } from './helpers/app.js';
 import { readBody, startBackend } from './helpers/backend.js';
 import { parseResponse, type RawResponse, rawRequest } from './helpers/raw.js';
-import { API_TYPE, TEST_SECRET_B64, uploadRoutesToml } from './helpers/uploads.js';
+import { API_TYPE, uploadRoutesToml, uploadScratch } from './helpers/uploads.js';
 
 // Regressions of the hostile-input run: each case here crashed, hung or leaked on the build before.
 
-const root = mkdtempSync(join(tmpdir(), 'outrider-hostile-'));
-const secretPath = join(root, 'secret');
-writeFileSync(secretPath, `${TEST_SECRET_B64}\n`);
-let dirs = 0;
-const newDir = () => {
-  const dir = join(root, `d${dirs++}`);
-  mkdirSync(dir);
-  return dir;
-};
+const { secretPath, newDir } = uploadScratch('outrider-hostile-');
+
+/** A backend that answers at once and streams `text`, without waiting for the request body, and never ends. */
+function streamingBackend(text: string) {
+  return startBackend((req, res) => {
+    req.on('error', () => undefined);
+    req.resume();
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    res.write(text);
+  });
+}
 
 const uploadToml = (tempDir: string, top = '') => uploadRoutesToml({ secretPath, tempDir, maxFiles: 10, top });
 
@@ -66,7 +67,7 @@ async function rawClient(port: number) {
   };
 }
 
-/** A backend that answers every request with exactly `bytes` on the socket, then closes it. */
+/** A raw TCP backend: once a request's head has arrived, `answer` writes what it likes on the socket. */
 async function rawBackend(answer: (socket: Socket) => void): Promise<{ url: string; sockets: Socket[] }> {
   const sockets: Socket[] = [];
   const server: Server = createServer((socket) => {
@@ -181,13 +182,7 @@ describe('client_body_timeout', () => {
   });
 
   it('cuts the connection when the answer has begun and the body stalls', async () => {
-    // The backend answers at once and streams, without waiting for the body.
-    const backend = await startBackend((req, res) => {
-      req.on('error', () => undefined);
-      req.resume();
-      res.writeHead(200, { 'content-type': 'text/plain' });
-      res.write('started ');
-    });
+    const backend = await streamingBackend('started ');
     const proxy = await startProxy(backend.url, { toml: 'client_body_timeout = "300ms"' });
     const client = await rawClient(proxy.port);
     client.socket.write('POST /duplex HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc');
@@ -349,12 +344,7 @@ describe('bytes that are not HTTP on a client connection', () => {
   });
 
   it('inside a body whose answer has begun: the connection is cut, no status line is written into the answer', async () => {
-    const backend = await startBackend((req, res) => {
-      req.on('error', () => undefined);
-      req.resume();
-      res.writeHead(200, { 'content-type': 'text/plain' });
-      res.write('streaming ');
-    });
+    const backend = await streamingBackend('streaming ');
     const proxy = await startProxy(backend.url);
     const client = await rawClient(proxy.port);
     client.socket.write('POST /duplex HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n');
@@ -431,10 +421,7 @@ describe('review regressions', () => {
     onTestFinished(() => {
       process.off('warning', onWarning);
     });
-    const backend = await startBackend((_req, res) => {
-      res.writeHead(200, { 'content-type': 'text/plain' });
-      res.write('streaming ');
-    });
+    const backend = await streamingBackend('streaming ');
     const proxy = await startProxy(backend.url);
     const client = await rawClient(proxy.port);
     client.socket.write('GET /stream HTTP/1.1\r\nHost: x\r\n\r\n');

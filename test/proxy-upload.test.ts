@@ -1,27 +1,16 @@
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import { connect } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { FormData, request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { verifyJwt } from '../proxy/jwt.js';
 import { startProxy } from './helpers/app.js';
 import { readBody, startBackend } from './helpers/backend.js';
-import { API_TYPE, TEST_SECRET_B64, uploadRoutesToml } from './helpers/uploads.js';
+import { API_TYPE, TEST_SECRET_B64, uploadRoutesToml, uploadScratch } from './helpers/uploads.js';
 
 const SECRET = Buffer.from(TEST_SECRET_B64, 'base64');
-const root = mkdtempSync(join(tmpdir(), 'outrider-upload-'));
-const secretPath = join(root, 'secret');
-writeFileSync(secretPath, `${TEST_SECRET_B64}\n`);
-
-let dirs = 0;
-const newDir = () => {
-  const dir = join(root, `d${dirs++}`);
-  mkdirSync(dir);
-  return dir;
-};
+const { secretPath, newDir } = uploadScratch('outrider-upload-');
 
 interface Received {
   headers: IncomingMessage['headers'];

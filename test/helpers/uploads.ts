@@ -1,3 +1,7 @@
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
 /** Workhorse's test key (testdata/test-secret), base64 as in a secret file. */
 export const TEST_SECRET_B64 = '+M8OJgJxoxdDRgOR0UT8sDbAgp/63y/XUNE3d8+tawA=';
 export const API_TYPE = 'application/vnd.gitlab-workhorse+json';
@@ -25,4 +29,21 @@ method = "PUT"
 path = "^/packages/"
 kind = "body"
 `;
+}
+
+/**
+ * A scratch directory for one test file's uploads: the shared secret written as `secretPath`, and
+ * `newDir()` for a fresh empty directory (a TempPath, a temp_dir) per test.
+ */
+export function uploadScratch(prefix: string): { root: string; secretPath: string; newDir: () => string } {
+  const root = mkdtempSync(join(tmpdir(), prefix));
+  const secretPath = join(root, 'secret');
+  writeFileSync(secretPath, `${TEST_SECRET_B64}\n`);
+  let dirs = 0;
+  const newDir = () => {
+    const dir = join(root, `d${dirs++}`);
+    mkdirSync(dir);
+    return dir;
+  };
+  return { root, secretPath, newDir };
 }
