@@ -3,9 +3,9 @@
  * Outrider, or to GitLab Workhorse: the response headers that hand work over, the checks for
  * upload pre-authorization and signed upload fields, and the shared secret. node: builtins only.
  */
-export { OutriderSecretError, OutriderVerificationError, type SecretCode, type VerificationCode } from './errors.js';
-export { ISSUER, signJwt, type VerifyJwtOptions, verifyJwt } from './jwt.js';
-export { loadSecret, SECRET_BYTES } from './secret.js';
+export { OutriderSecretError, OutriderVerificationError, type SecretCode, type VerificationCode } from '../protocol/errors.js';
+export { ISSUER, signJwt, type VerifyJwtOptions, verifyJwt } from '../protocol/jwt.js';
+export { loadSecret, SECRET_BYTES } from '../protocol/secret.js';
 export {
   type OutriderAnswer,
   type OutriderHeader,

@@ -1,4 +1,6 @@
 import { isAbsolute } from 'node:path';
+import { SEND_DATA_HEADER, SENDFILE_HEADER } from '../protocol/headers.js';
+import { encodeSendData, SCALED_IMG_PREFIX, SEND_URL_PREFIX } from '../protocol/send-data.js';
 
 /** A response header that hands work to Outrider: set it on a 200 with an empty body. */
 export interface OutriderHeader {
@@ -6,8 +8,7 @@ export interface OutriderHeader {
   readonly value: string;
 }
 
-export const SEND_DATA_HEADER = 'Gitlab-Workhorse-Send-Data';
-export const SENDFILE_HEADER = 'X-Sendfile';
+export { SEND_DATA_HEADER, SENDFILE_HEADER };
 
 export interface ScaledImageOptions {
   /** An absolute path, or an `http(s)://` URL Outrider fetches (through its `[outbound]` allow-list). */
@@ -28,7 +29,7 @@ export function sendScaledImage({ location, width, contentType }: ScaledImageOpt
   }
   if (!Number.isInteger(width) || width < 1) throw new RangeError(`sendScaledImage: width must be an integer of at least 1, got ${width}`);
   if (contentType === '') throw new TypeError('sendScaledImage: contentType must be set');
-  return sendData('send-scaled-img:', { Location: location, Width: width, ContentType: contentType });
+  return sendData(SCALED_IMG_PREFIX, { Location: location, Width: width, ContentType: contentType });
 }
 
 /** `X-Sendfile: <path>`: Outrider serves the file (ranges, `If-Modified-Since`), the backend's Content-Type kept. */
@@ -45,13 +46,11 @@ export interface SendUrlOptions {
 /** `Gitlab-Workhorse-Send-Data: send-url:…`: Outrider GETs `url` and streams the answer to the client. */
 export function sendUrl(url: string, options: SendUrlOptions = {}): OutriderHeader {
   if (!/^https?:\/\//i.test(url)) throw new TypeError(`sendUrl: the URL must be http(s), got ${JSON.stringify(url)}`);
-  return sendData('send-url:', { URL: url, AllowRedirects: options.allowRedirects === true });
+  return sendData(SEND_URL_PREFIX, { URL: url, AllowRedirects: options.allowRedirects === true });
 }
 
-/** `<prefix>` + base64 of the JSON, URL-safe alphabet with padding: what Rails writes and Go's strict decoder wants. */
 function sendData(prefix: string, params: Record<string, unknown>): OutriderHeader {
-  const encoded = Buffer.from(JSON.stringify(params)).toString('base64').replace(/\+/g, '-').replace(/\//g, '_');
-  return { name: SEND_DATA_HEADER, value: `${prefix}${encoded}` };
+  return { name: SEND_DATA_HEADER, value: encodeSendData(prefix, params) };
 }
 
 /** What `authorizeResponse` builds: the answer Outrider trusts at `<path>/authorize`. */

@@ -1,15 +1,18 @@
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { OutriderVerificationError } from './errors.js';
-import { verifyJwt } from './jwt.js';
+import { OutriderVerificationError } from '../protocol/errors.js';
+import { API_CONTENT_TYPE, API_REQUEST_HEADER, MULTIPART_FIELDS_HEADER } from '../protocol/headers.js';
+import { verifyJwt } from '../protocol/jwt.js';
+import {
+  REWRITTEN_FIELDS_CLAIM,
+  SIGNED_UPLOAD_FIELD,
+  UPLOAD_CLAIM,
+  UPLOAD_HASHES,
+  UPLOAD_KEYS,
+  type UploadHash,
+} from '../protocol/upload-fields.js';
 import type { OutriderAnswer } from './send-data.js';
 
-export const API_REQUEST_HEADER = 'Gitlab-Workhorse-Api-Request';
-export const MULTIPART_FIELDS_HEADER = 'Gitlab-Workhorse-Multipart-Fields';
-/** The content type of the only authorize answer Outrider trusts. */
-export const API_CONTENT_TYPE = 'application/vnd.gitlab-workhorse+json';
-/** The hashes Outrider can compute while it stores a file. */
-export const UPLOAD_HASHES = ['md5', 'sha1', 'sha256', 'sha512'] as const;
-export type UploadHash = (typeof UPLOAD_HASHES)[number];
+export { API_CONTENT_TYPE, API_REQUEST_HEADER, MULTIPART_FIELDS_HEADER, UPLOAD_HASHES, type UploadHash };
 
 /** Request headers as node:http, Express and fastify give them, or a fetch `Headers`. */
 export type RequestHeaders = Readonly<Record<string, string | readonly string[] | undefined>> | { get(name: string): string | null };
@@ -166,9 +169,6 @@ export interface VerifyUploadFieldsOptions {
   tempPath?: string | readonly string[];
 }
 
-/** The signed keys of `<f>.gitlab-workhorse-upload`, each also sent as a plain `<f>.<key>` field. */
-const UPLOAD_KEYS = ['name', 'path', 'remote_url', 'remote_id', 'size', ...UPLOAD_HASHES, 'upload_duration'] as const;
-
 /**
  * Checks what Outrider forwarded after storing an upload and returns the files it describes:
  * the `Gitlab-Workhorse-Multipart-Fields` header (an HS256 JWT `{"rewritten_fields": {<field>:
@@ -184,7 +184,7 @@ export function verifyUploadFields(
   options: VerifyUploadFieldsOptions = {},
 ): UploadedFile[] {
   const claims = verifyJwt(header(headers, MULTIPART_FIELDS_HEADER, 400), secret);
-  const rewritten = claims.rewritten_fields;
+  const rewritten = claims[REWRITTEN_FIELDS_CLAIM];
   if (typeof rewritten !== 'object' || rewritten === null || Array.isArray(rewritten)) {
     throw new OutriderVerificationError('EDGE_VERIFY_MALFORMED', 'rewritten_fields is not an object');
   }
@@ -196,10 +196,10 @@ export function verifyUploadFields(
   for (const [field, rewrittenPath] of Object.entries(rewritten)) {
     if (typeof rewrittenPath !== 'string')
       throw new OutriderVerificationError('EDGE_VERIFY_MALFORMED', `rewritten_fields.${field} is not a string`);
-    const token = formValue(fields, `${field}.gitlab-workhorse-upload`);
+    const token = formValue(fields, `${field}.${SIGNED_UPLOAD_FIELD}`);
     if (token === undefined)
       throw new OutriderVerificationError('EDGE_VERIFY_MISSING', `the field ${field}.gitlab-workhorse-upload is missing`);
-    const upload = verifyJwt(token, secret).upload;
+    const upload = verifyJwt(token, secret)[UPLOAD_CLAIM];
     if (typeof upload !== 'object' || upload === null || Array.isArray(upload)) {
       throw new OutriderVerificationError('EDGE_VERIFY_MALFORMED', `${field}.gitlab-workhorse-upload has no upload claim`);
     }

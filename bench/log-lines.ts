@@ -1,5 +1,5 @@
-import { createAccessLog } from '../proxy/access-log.js';
-import { createLogger } from '../proxy/logger.js';
+import { createAccessLog } from '../proxy/observe/log/access-line.js';
+import { createLogger } from '../proxy/observe/log/logger.js';
 
 /**
  * `npm run bench:log`: CPU per access-log line in this process, to /dev/null through Outrider's

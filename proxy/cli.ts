@@ -4,12 +4,12 @@ import { parseArgs } from 'node:util';
 import { ConfigError } from '../config/errors.js';
 import { type ConfigOverride, loadConfig, loadConfigFile } from '../config/load.js';
 import type { Config } from '../config/schema.js';
-import { announceFailing, announceReady, onShutdownRequest, runPrimary, type WorkerSetup, workerSetup } from './cluster.js';
-import { PIPE_BUF } from './log-destination.js';
-import { createLogger } from './logger.js';
-import { ListenError } from './metrics-server.js';
-import { checkStartFiles } from './start-files.js';
-import { VERSION } from './version.js';
+import { PIPE_BUF } from './observe/log/destination.js';
+import { createLogger } from './observe/log/logger.js';
+import { ListenError } from './observe/metrics/server.js';
+import { announceFailing, announceReady, onShutdownRequest, runPrimary, type WorkerSetup, workerSetup } from './runtime/cluster.js';
+import { checkStartFiles } from './runtime/start-files.js';
+import { VERSION } from './runtime/version.js';
 
 const USAGE = `Usage: outrider [--config FILE] [--listen-addr ADDR] [--auth-backend URL] [--secret-path FILE] [--workers N]
 

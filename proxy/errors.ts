@@ -1,8 +1,8 @@
 import { type ServerResponse, STATUS_CODES } from 'node:http';
 import createError, { type FastifyError } from '@fastify/error';
 import type { FastifyInstance } from 'fastify';
-import { type ErrorPages, writeErrorPage } from './error-pages.js';
-import { bodyUnread, closeAfterAnswer } from './linger.js';
+import { bodyUnread, closeAfterAnswer } from './connection/linger.js';
+import { type ErrorPages, writeErrorPage } from './routes/error-pages.js';
 
 /** The HTTP error catalogue: one code, message and status per failure a client can see. */
 export const EdgeUpstreamUnavailable = createError('EDGE_UPSTREAM_UNAVAILABLE', 'Bad Gateway: the backend is not responding', 502);

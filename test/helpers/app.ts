@@ -5,8 +5,8 @@ import { request } from 'undici';
 import { onTestFinished } from 'vitest';
 import { loadConfig } from '../../config/load.js';
 import type { Config } from '../../config/schema.js';
-import type { Interceptor } from '../../proxy/intercept.js';
-import { LOG_REDACT } from '../../proxy/logger.js';
+import type { Interceptor } from '../../proxy/intercept/index.js';
+import { LOG_REDACT } from '../../proxy/observe/log/logger.js';
 import { buildServer } from '../../proxy/server.js';
 
 export interface ProxyOptions {

@@ -1,0 +1,183 @@
+import { Readable } from 'node:stream';
+import type { FastifyBaseLogger } from 'fastify';
+import { decodeSendData, SCALED_IMG_PREFIX } from '../../protocol/send-data.js';
+import { parseDirective, type ScaleDirective, ScaleError, type Scaler } from '../../scaler/index.js';
+import { EdgeDirectiveInvalid, EdgeSourceUnavailable, writeError } from '../errors.js';
+import { sendBody } from '../forward/body.js';
+import { rawHeader } from '../forward/headers.js';
+import { createDirectLine, type DirectLine, jsonString, msSince } from '../observe/log/access-line.js';
+import type { InterceptContext, Interceptor } from './index.js';
+
+const SAFE_TYPES = new Set(['image/png', 'image/jpeg']);
+
+/** The backend's headers that describe its own (empty) body, replaced by what Outrider sends. */
+const REPLACED = new Set(['content-length', 'content-type', 'last-modified', 'etag', 'content-range', 'accept-ranges']);
+
+/**
+ * `send-scaled-img:{"Location","Width","ContentType"}` (Workhorse `internal/imageresizer`): the
+ * backend's body is discarded and the image at Location is served scaled to Width, or as it is
+ * when the scaler decides so (outcome `served-original`, logged at warn). The backend's other
+ * headers (Cache-Control, Content-Disposition…) are kept; Content-Type and Content-Length match
+ * what is sent. One log line per outcome.
+ */
+export function createScaledImg(scaler: Scaler, opts: { maxWidth: number; log?: FastifyBaseLogger | undefined }): Interceptor {
+  const directives = new Memo(512, (value: string) => parseDirective(decodeSendData(value, SCALED_IMG_PREFIX), opts));
+  const outcomeLine = opts.log === undefined ? undefined : createDirectLine(opts.log, 'scaler', OUTCOME_FIELDS);
+  return {
+    name: 'send-scaled-img',
+    match(head) {
+      return head.statusCode === 200 && head.sendData?.startsWith(SCALED_IMG_PREFIX) === true;
+    },
+    async serve(ctx) {
+      const { req, res, head, metrics } = ctx;
+      const started = performance.now();
+      let directive: ScaleDirective;
+      try {
+        directive = directives.get(head.sendData as string);
+      } catch (err) {
+        ctx.log.error({ err, subsystem: 'scaler', outcome: 'failed' }, 'invalid send-scaled-img instruction');
+        metrics?.imageResize('request-failed');
+        writeError(res, new EdgeDirectiveInvalid({ cause: err }));
+        return;
+      }
+      try {
+        // The call's signal is made only if scaling or a fetch asks for it: never for a hit or a 304.
+        const outcome = await scaler.scale({ directive, ifModifiedSince: rawHeader(req, 'if-modified-since'), client: ctx });
+        if (ctx.clientGone) {
+          if (outcome.outcome === 'served-original' && outcome.body instanceof Readable) outcome.body.destroy();
+          return;
+        }
+        const headers: string[] = [];
+        for (let i = 0; i < head.headers.length; i += 2) {
+          if (!REPLACED.has((head.headers[i] as string).toLowerCase()))
+            headers.push(head.headers[i] as string, head.headers[i + 1] as string);
+        }
+        if (outcome.lastModified !== undefined) headers.push('Last-Modified', outcome.lastModified);
+        headers.push('X-Accel-Buffering', 'no');
+        if (outcome.outcome === 'not-modified') {
+          res.writeHead(304, headers).end();
+          logOutcome(ctx, outcomeLine, directive, 'not-modified', msSince(started, 100));
+          metrics?.imageResize('success-client-cache');
+          metrics?.imageResizeDuration(directive.contentType, directive.width, (performance.now() - started) / 1000);
+          return;
+        }
+        if (outcome.outcome === 'scaled') {
+          headers.push('Content-Type', outcome.contentType, 'Content-Length', String(outcome.body.length));
+          res.writeHead(200, headers).end(outcome.body);
+          // 'scaled' ran a sharp job; 'cache-hit' and 'coalesced' (shared a concurrent job) did not.
+          logOutcome(ctx, outcomeLine, directive, outcome.from === 'cache' ? 'cache-hit' : outcome.from, msSince(started, 100), {
+            bytesWritten: outcome.body.length,
+            originalBytes: outcome.originalBytes,
+          });
+          metrics?.imageResize(outcome.from === 'cache' ? 'cache-hit' : 'success');
+          metrics?.imageResizeDuration(outcome.contentType, directive.width, (performance.now() - started) / 1000);
+          return;
+        }
+        // Served as it is. An unrecognised format (SVG, GIF…) is never labelled as an image it is not;
+        // an original too large to look at keeps the directive's type when that is PNG or JPEG.
+        const type = outcome.contentType ?? (SAFE_TYPES.has(directive.contentType) ? directive.contentType : 'application/octet-stream');
+        headers.push('Content-Type', type, 'X-Content-Type-Options', 'nosniff');
+        if (outcome.size !== undefined) headers.push('Content-Length', String(outcome.size));
+        ctx.log.warn(
+          {
+            ...outcomeFields(directive),
+            outcome: 'served-original',
+            reason: outcome.reason,
+            originalBytes: outcome.size,
+            err: outcome.error,
+          },
+          'scaler served the original',
+        );
+        metrics?.imageResize('served-original');
+        if (outcome.reason === 'busy') metrics?.imageResizeLimitExceeded();
+        if (Buffer.isBuffer(outcome.body)) res.writeHead(200, headers).end(outcome.body);
+        else {
+          const sent = await sendBody(outcome.body, res, outcome.size, () => res.writeHead(200, headers));
+          if (!sent.complete && !ctx.clientGone) {
+            if (sent.started) ctx.log.warn({ err: sent.err, subsystem: 'scaler' }, 'original image transfer cut');
+            else {
+              // The original failed before its first byte: nothing was sent, so the client is told.
+              ctx.log.warn({ err: sent.err, subsystem: 'scaler' }, 'original image could not be read');
+              writeError(res, new EdgeSourceUnavailable());
+            }
+          }
+        }
+      } catch (err) {
+        if (ctx.clientGone) return;
+        ctx.log.error(
+          { err, subsystem: 'scaler', outcome: 'failed', durationMs: Math.round(performance.now() - started) },
+          'scaler failed',
+        );
+        metrics?.imageResize('request-failed');
+        writeError(
+          res,
+          err instanceof ScaleError && err.code === 'EDGE_DIRECTIVE_INVALID'
+            ? new EdgeDirectiveInvalid()
+            : new EdgeSourceUnavailable({ cause: err }),
+        );
+      }
+    },
+  };
+}
+
+const OUTCOME_FIELDS = ['subsystem', 'width', 'contentType', 'outcome', 'durationMs', 'bytesWritten', 'originalBytes'];
+
+/** The fields every scaler outcome line starts with (the direct line below writes the same). */
+function outcomeFields(directive: ScaleDirective): { subsystem: 'scaler'; width: number; contentType: string } {
+  return { subsystem: 'scaler', width: directive.width, contentType: directive.contentType };
+}
+
+/**
+ * The info line of a scaled or not-modified answer, the same as
+ * `ctx.log.info({ subsystem: 'scaler', width, contentType, outcome, durationMs, …sizes }, 'scaler')`:
+ * written directly when it can be, so a cache hit makes no child logger.
+ */
+function logOutcome(
+  ctx: InterceptContext,
+  line: DirectLine | undefined,
+  directive: ScaleDirective,
+  outcome: 'not-modified' | 'cache-hit' | 'coalesced' | 'scaled',
+  durationMs: number,
+  sizes?: { bytesWritten: number; originalBytes: number },
+): void {
+  if (line === undefined) {
+    ctx.log.info({ ...outcomeFields(directive), outcome, durationMs, ...sizes }, 'scaler');
+    return;
+  }
+  if (!line.enabled()) return;
+  line.write(
+    ctx.requestId,
+    `,"subsystem":"scaler","width":${directive.width},"contentType":${jsonString(directive.contentType)},"outcome":"${outcome}","durationMs":${durationMs}${sizes === undefined ? '' : `,"bytesWritten":${sizes.bytesWritten},"originalBytes":${sizes.originalBytes}`}`,
+  );
+}
+
+/**
+ * Recent results of a pure function of a string, at most `size`: avatars repeat, so most
+ * directives are decoded and validated once. Two generations instead of an exact LRU, so a hit
+ * is one lookup and moves nothing: a key asked again since the current generation began is in
+ * it; one from the generation before is carried over; older ones are computed again. Failures
+ * are not kept.
+ */
+class Memo<T> {
+  private recent = new Map<string, T>();
+  private older = new Map<string, T>();
+  private readonly half: number;
+  private readonly compute: (key: string) => T;
+
+  constructor(size: number, compute: (key: string) => T) {
+    this.half = Math.max(1, size >> 1);
+    this.compute = compute;
+  }
+
+  get(key: string): T {
+    let value = this.recent.get(key);
+    if (value !== undefined) return value;
+    value = this.older.get(key) ?? this.compute(key);
+    if (this.recent.size >= this.half) {
+      this.older = this.recent;
+      this.recent = new Map();
+    }
+    this.recent.set(key, value);
+    return value;
+  }
+}

@@ -1,0 +1,27 @@
+import { statSync } from 'node:fs';
+import { ConfigError } from '../../config/errors.js';
+import type { Config } from '../../config/schema.js';
+import { loadSecret } from './secret.js';
+
+/** `document_root` must be a readable directory: a `ConfigError` (exit code 2) otherwise. */
+export function checkDocumentRoot(dir: string): string {
+  let isDirectory: boolean;
+  try {
+    isDirectory = statSync(dir).isDirectory();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'unknown error';
+    throw new ConfigError(`${dir}: cannot read document_root: ${code === 'ENOENT' ? 'no such directory' : code}`, { cause: err });
+  }
+  if (!isDirectory) throw new ConfigError(`${dir}: document_root is not a directory`);
+  return dir;
+}
+
+/**
+ * The files `buildServer` reads at start (the secret when upload routes exist, `document_root`),
+ * checked without building a server: the cluster primary runs this before it forks, so a bad
+ * secret or document root still stops Outrider with exit code 2 and one message.
+ */
+export function checkStartFiles(config: Config): void {
+  if (config.uploads.routes.length > 0) loadSecret(config.secretPath);
+  if (config.documentRoot !== undefined) checkDocumentRoot(config.documentRoot);
+}

@@ -1,0 +1,199 @@
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ConfigError } from '../../config/errors.js';
+import { loadConfig, loadConfigFile } from '../../config/load.js';
+import { DEFAULT_MAX_SCALER_PROCS, MAX_WORKERS, parseListenAddr } from '../../config/schema.js';
+
+function errorOf(text: string): string {
+  try {
+    loadConfig(text, { source: 'outrider.toml' });
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return (err as Error).message;
+  }
+  throw new Error('expected the config to be refused');
+}
+
+describe('configuration', () => {
+  it('has Workhorse-compatible defaults when the file is empty', () => {
+    expect(loadConfig('')).toEqual({
+      listenAddr: { kind: 'tcp', host: 'localhost', port: 8181 },
+      authBackend: 'http://localhost:8080',
+      authSocket: undefined,
+      secretPath: '.gitlab_workhorse_secret',
+      proxyHeadersTimeoutMs: 300_000,
+      clientBodyTimeoutMs: 60_000,
+      sendTimeoutMs: 60_000,
+      shutdownTimeoutMs: 60_000,
+      propagateCorrelationId: false,
+      logLevel: 'info',
+      prometheusListenAddr: undefined,
+      metricsNamespace: 'outrider',
+      healthOnMetricsListener: false,
+      shutdownDelayMs: 0,
+      documentRoot: undefined,
+      workers: 1,
+      imageResizer: {
+        maxScalerProcs: DEFAULT_MAX_SCALER_PROCS,
+        maxFilesize: 250_000,
+        maxScalerWaitMs: 0,
+        maxWidth: 4096,
+        limitInputPixels: 25_000_000,
+        cacheMaxBytes: 64 * 1024 * 1024,
+      },
+      outbound: { allowedHosts: [], connectTimeoutMs: 10_000, headersTimeoutMs: 30_000, bodyTimeoutMs: 300_000, maxRedirects: 5 },
+      uploads: { tempDir: '/var/tmp/outrider', maxFiles: 10, routes: [] },
+    });
+    expect(DEFAULT_MAX_SCALER_PROCS).toBeGreaterThanOrEqual(2);
+  });
+
+  it('documents every key with its default in config.example.toml', () => {
+    const text = readFileSync(new URL('../../config.example.toml', import.meta.url), 'utf8');
+    const example = loadConfig(text, { source: 'config.example.toml' });
+    // max_scaler_procs depends on the machine; everything else is exactly the default.
+    expect({ ...example, imageResizer: { ...example.imageResizer, maxScalerProcs: 0 } }).toEqual({
+      ...loadConfig(''),
+      imageResizer: { ...loadConfig('').imageResizer, maxScalerProcs: 0 },
+    });
+    for (const key of [
+      'listen_addr',
+      'auth_backend',
+      'auth_socket',
+      'secret_path',
+      'proxy_headers_timeout',
+      'shutdown_timeout',
+      'propagate_correlation_id',
+      'log_level',
+      'shutdown_delay',
+      'prometheus_listen_addr',
+      'metrics_namespace',
+      'health_on_metrics_listener',
+      'document_root',
+      'workers',
+      'max_scaler_procs',
+      'max_filesize',
+      'max_scaler_wait',
+      'max_width',
+      'limit_input_pixels',
+      'cache_max_bytes',
+      'allowed_hosts',
+      'connect_timeout',
+      'headers_timeout',
+      'body_timeout',
+      'max_redirects',
+      'temp_dir',
+      'max_files',
+      'method',
+      'path',
+      'preauthorize',
+      'kind',
+    ]) {
+      expect(text).toMatch(new RegExp(`^#? ?${key} = `, 'm'));
+    }
+  });
+
+  it('reads durations, addresses and sections', () => {
+    const c = loadConfig(`
+listen_addr = "unix:/run/outrider.sock"
+auth_backend = "https://app.internal:3000"
+auth_socket = "/run/app.sock"
+proxy_headers_timeout = "1m30s"
+shutdown_timeout = "0"
+propagate_correlation_id = true
+[image_resizer]
+max_scaler_procs = 8
+max_filesize = 0
+`);
+    expect(c.listenAddr).toEqual({ kind: 'unix', path: '/run/outrider.sock' });
+    expect(c.authBackend).toBe('https://app.internal:3000');
+    expect(c.authSocket).toBe('/run/app.sock');
+    expect(c.proxyHeadersTimeoutMs).toBe(90_000);
+    expect(c.shutdownTimeoutMs).toBe(0);
+    expect(c.propagateCorrelationId).toBe(true);
+    expect(c.imageResizer).toMatchObject({ maxScalerProcs: 8, maxFilesize: 0 });
+    expect(parseListenAddr('[::1]:8181')).toEqual({ kind: 'tcp', host: '::1', port: 8181 });
+    expect(parseListenAddr(':8181')).toEqual({ kind: 'tcp', host: '0.0.0.0', port: 8181 });
+    expect(parseListenAddr('localhost:99999')).toBeUndefined();
+    expect(parseListenAddr('unix:relative.sock')).toBeUndefined();
+  });
+
+  it('refuses unknown keys, naming the key and where it is', () => {
+    expect(errorOf('listen_adr = "x:1"')).toBe('outrider.toml: invalid config\n  - listen_adr: unknown key at the top level');
+    expect(errorOf('[image_resizer]\nmax_filesise = 1')).toBe(
+      'outrider.toml: invalid config\n  - image_resizer.max_filesise: unknown key in [image_resizer]',
+    );
+    expect(errorOf('[uploads]\ntmp_dir = "/tmp"')).toContain('uploads.tmp_dir: unknown key in [uploads]');
+    expect(errorOf('[[uploads.routes]]\nmethod = "POST"\npath = "^/u"\npre_authorize = true')).toContain(
+      'uploads.routes.0.pre_authorize: unknown key in [uploads.routes.0]',
+    );
+    expect(errorOf('[imageresizer]\nmax_filesize = 1')).toContain('imageresizer: unknown key at the top level');
+  });
+
+  it('refuses wrong types and impossible values, saying what was expected', () => {
+    expect(errorOf('listen_addr = 8181')).toContain('listen_addr: Invalid input: expected string, received number');
+    expect(errorOf('listen_addr = "localhost"')).toContain(
+      'listen_addr: expected "host:port" (port 0-65535) or "unix:/absolute/path", got "localhost"',
+    );
+    expect(errorOf('auth_backend = "localhost:8080"')).toContain('auth_backend: expected an http:// or https:// origin');
+    expect(errorOf('auth_backend = "http://app/prefix"')).toContain('auth_backend: expected an http:// or https:// origin');
+    expect(errorOf('auth_socket = "app.sock"')).toContain('auth_socket: expected an absolute path to a unix socket');
+    expect(errorOf('proxy_headers_timeout = "5"')).toContain(
+      'proxy_headers_timeout: expected the backend response-header timeout as a duration like "500ms", "30s" or "5m", got "5"',
+    );
+    expect(errorOf('proxy_headers_timeout = "0s"')).toContain(
+      'proxy_headers_timeout: expected the backend response-header timeout greater than zero',
+    );
+    expect(errorOf('shutdown_timeout = "30d"')).toContain('shutdown_timeout: expected the shutdown grace period as a duration');
+    expect(errorOf('shutdown_timeout = "1000h"')).toContain('shutdown_timeout: expected the shutdown grace period of at most "24h"');
+    expect(errorOf('proxy_headers_timeout = "25h"')).toContain('of at most "24h"');
+    expect(errorOf('shutdown_timeout = 60')).toContain('shutdown_timeout: Invalid input: expected string, received number');
+    expect(errorOf('propagate_correlation_id = "yes"')).toContain('propagate_correlation_id: expected true or false');
+    expect(errorOf('log_level = "loud"')).toContain('log_level: expected one of');
+    expect(errorOf('[image_resizer]\nmax_scaler_procs = 0')).toContain(
+      'image_resizer.max_scaler_procs: expected a number of concurrent scaling jobs of at least 1',
+    );
+    expect(errorOf('[image_resizer]\nmax_scaler_procs = 2.5')).toContain('as a whole number');
+    expect(errorOf('[image_resizer]\nmax_filesize = -1')).toContain('image_resizer.max_filesize: expected a size in bytes of at least 0');
+    expect(errorOf('[outbound]\nallowed_hosts = ["http://x"]')).toContain('outbound.allowed_hosts.0: expected a host name');
+    expect(errorOf('[outbound]\nmax_redirects = 50')).toContain('outbound.max_redirects: expected at most 20 redirects');
+    expect(errorOf('image_resizer = 3')).toContain('image_resizer: Invalid input: expected object, received number');
+  });
+
+  it('reads workers as a count from 1 to 64 or "auto", one per CPU', () => {
+    expect(loadConfig('workers = 4').workers).toBe(4);
+    expect(loadConfig('workers = "auto"').workers).toBe(Math.min(availableParallelism(), MAX_WORKERS));
+    const expected = 'expected a number of worker processes from 1 to 64, or "auto" (one per CPU)';
+    expect(errorOf('workers = 0')).toBe(`outrider.toml: invalid config\n  - workers: ${expected}, got 0`);
+    expect(errorOf('workers = 65')).toContain(`workers: ${expected}, got 65`);
+    expect(errorOf('workers = 1.5')).toContain(`workers: ${expected}, got 1.5`);
+    expect(errorOf('workers = "all"')).toContain(`workers: ${expected}, got "all"`);
+    expect(() => loadConfig('', { source: 'edge.toml', overrides: [{ key: 'workers', flag: '--workers', value: 'many' }] })).toThrow(
+      `  - --workers (workers): ${expected}, got "many"`,
+    );
+  });
+
+  it('reports every problem at once', () => {
+    const message = errorOf('listen_addr = "nope"\nlog_level = 3\n[image_resizer]\nmax_filesize = "big"');
+    expect(message.split('\n')).toHaveLength(4);
+  });
+
+  it('reports TOML syntax errors with line and column', () => {
+    expect(errorOf('listen_addr = "a:1"\nauth_backend = ')).toMatch(/^outrider\.toml: invalid TOML at line 2, column \d+\n/);
+  });
+
+  it('names the file in every message when loading from disk', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'outrider-config-'));
+    const file = join(dir, 'edge.toml');
+    writeFileSync(file, '[image_resizer]\nmax_filesize = -5\n');
+    expect(() => loadConfigFile(file)).toThrow(`${file}: invalid config\n  - image_resizer.max_filesize:`);
+    expect(() => loadConfigFile(join(dir, 'missing.toml'))).toThrow(`${join(dir, 'missing.toml')}: cannot read config file (no such file)`);
+  });
+
+  it('names the command-line flag when an override is invalid', () => {
+    expect(() =>
+      loadConfig('', { source: 'edge.toml', overrides: [{ key: 'listen_addr', flag: '--listen-addr', value: 'nowhere' }] }),
+    ).toThrow('edge.toml: invalid config\n  - --listen-addr (listen_addr): expected "host:port"');
+  });
+});
