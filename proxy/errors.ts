@@ -1,8 +1,11 @@
 import { type ServerResponse, STATUS_CODES } from 'node:http';
 import createError, { type FastifyError } from '@fastify/error';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
+import { DirectiveError } from '../protocol/send-data.js';
+import { ScaleError } from '../scaler/index.js';
 import { bodyUnread, closeAfterAnswer } from './connection/linger.js';
 import { type ErrorPages, writeErrorPage } from './routes/error-pages.js';
+import { StoreError } from './upload/store/index.js';
 
 /** The HTTP error catalogue: one code, message and status per failure a client can see. */
 export const EdgeUpstreamUnavailable = createError('EDGE_UPSTREAM_UNAVAILABLE', 'Bad Gateway: the backend is not responding', 502);
@@ -30,38 +33,83 @@ export const EdgeUploadStoreTimeout = createError(
   504,
 );
 
-/** The backend accepted the request and then did not answer in time. Failing to connect at all is a 502. */
+/** A peer accepted the request and then did not answer in time. Failing to connect at all is a 502. */
 const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
+/** undici refused what it was asked to send: for the backend, headers the client sent. */
+const REFUSED_CODES = new Set(['UND_ERR_INVALID_ARG', 'UND_ERR_NOT_SUPPORTED']);
 
-/** Maps an undici (or socket) failure talking to the backend to the error the client sees. */
-export function mapUpstreamError(err: unknown): FastifyError {
-  const e = err as { code?: string; cause?: { code?: string } };
-  const code = e.cause?.code ?? e.code ?? '';
-  if (TIMEOUT_CODES.has(code)) return new EdgeUpstreamTimeout({ cause: err });
-  if (code === 'UND_ERR_INVALID_ARG' || code === 'UND_ERR_NOT_SUPPORTED') {
-    return new EdgeRequestInvalid('the request headers cannot be forwarded', { cause: err });
+/** Whom a failed exchange was with: the backend, or a third-party origin (send-url, object storage). */
+export type Peer = 'backend' | 'origin';
+
+/**
+ * The one switch from an internal failure to the catalogue error a client sees. Layers below the
+ * proxy (the scaler, the upload store, the send-data decoder, the outbound client) throw typed
+ * errors that name what failed and choose no status; undici and socket failures are told apart by
+ * their code (a wrapped one by its cause's). A catalogue error passes through as it is. Anything
+ * else failed talking to `peer`: a 502, or a 504 when the peer accepted the request and then did
+ * not answer in time.
+ */
+export function toEdgeError(err: unknown, peer: Peer = 'backend'): FastifyError {
+  if (err instanceof StoreError) {
+    switch (err.reason) {
+      case 'too-large':
+        return new EdgeUploadTooLarge(err.message);
+      case 'invalid':
+        return new EdgeUploadInvalid(err.message);
+      case 'timeout':
+        return new EdgeUploadStoreTimeout({ cause: err });
+      case 'disk':
+        return new EdgeInternal({ cause: err });
+      case 'object-storage':
+        return new EdgeUploadStoreFailed({ cause: err });
+    }
   }
+  if (err instanceof ScaleError) {
+    return err.code === 'EDGE_DIRECTIVE_INVALID' ? new EdgeDirectiveInvalid() : new EdgeSourceUnavailable({ cause: err });
+  }
+  if (err instanceof DirectiveError) return new EdgeDirectiveInvalid({ cause: err });
+  if (isCatalogued(err)) return err;
+  const e = err as { code?: string; cause?: { code?: string } } | null;
+  const code = e?.cause?.code ?? e?.code ?? '';
+  if (TIMEOUT_CODES.has(code)) return new EdgeUpstreamTimeout({ cause: err });
+  if (peer === 'origin') return new EdgeSourceUnavailable({ cause: err });
+  if (REFUSED_CODES.has(code)) return new EdgeRequestInvalid('the request headers cannot be forwarded', { cause: err });
   return new EdgeUpstreamUnavailable({ cause: err });
 }
 
-const kErrorPages = Symbol('outrider.errorPages');
-type PagedResponse = ServerResponse & { [kErrorPages]?: ErrorPages };
+const CATALOGUE = [
+  EdgeUpstreamUnavailable,
+  EdgeUpstreamTimeout,
+  EdgeUpstreamInvalidResponse,
+  EdgeUpstreamInternalApi,
+  EdgeRequestInvalid,
+  EdgeSendfileMissing,
+  EdgeDirectiveInvalid,
+  EdgeSourceUnavailable,
+  EdgeShuttingDown,
+  EdgeBodyTimeout,
+  EdgeInternal,
+  EdgeStaticMissing,
+  EdgeUploadTooLarge,
+  EdgeUploadInvalid,
+  EdgeUploadStoreFailed,
+  EdgeUploadStoreTimeout,
+];
 
-/** Outrider's own 5xx answers on this response use `document_root`'s error pages when one exists. */
-export function useErrorPages(res: ServerResponse, pages: ErrorPages): void {
-  (res as PagedResponse)[kErrorPages] = pages;
+function isCatalogued(err: unknown): err is FastifyError {
+  return CATALOGUE.some((make) => err instanceof make);
 }
 
 /**
  * Answers a hijacked response with a catalogue error as `text/plain`, or for a 5xx with
- * `<document_root>/<status>.html` when `useErrorPages` was called and the page exists. Once
+ * `<document_root>/<status>.html` when `pages` are given (`document_root` is set) and the page exists. Once
  * headers are out, the only honest answer is to cut the connection: never a silently truncated 200.
  *
  * This is the one error path, and it cannot throw: a head half-applied by an earlier `writeHead`
  * that Node refused (a backend's reason phrase with a control byte leaves it in `statusMessage`)
  * is replaced, and anything Node still refuses ends the connection instead.
  */
-export function writeError(res: ServerResponse, err: FastifyError): void {
+export function writeError(res: ServerResponse, err: FastifyError, pages?: ErrorPages): void {
   if (res.destroyed) return;
   if (res.headersSent || res.writableEnded) {
     res.destroy();
@@ -71,7 +119,7 @@ export function writeError(res: ServerResponse, err: FastifyError): void {
   // Answered before the client finished sending: the connection closes after this, gently.
   if (res.req !== undefined && bodyUnread(res.req)) closeAfterAnswer(res);
   try {
-    const page = status >= 500 ? (res as PagedResponse)[kErrorPages]?.get(status) : undefined;
+    const page = status >= 500 ? pages?.get(status) : undefined;
     if (page !== undefined) {
       writeErrorPage(res, status, page);
       return;
@@ -86,6 +134,30 @@ export function writeError(res: ServerResponse, err: FastifyError): void {
   } catch {
     res.destroy();
   }
+}
+
+/**
+ * A callback of one request threw (a defect of Outrider's, or of an interceptor): the error is
+ * logged with the request id, and that request alone ends, answered 500 when nothing was sent
+ * yet, else with its connection cut. Every per-request entry point (the request listener, event
+ * and timer callbacks, undici's handler calls, interceptors) ends up here instead of letting the
+ * error reach `uncaughtException`, where it would take every other request of the process with it.
+ * Never throws.
+ */
+export function endOnFault(
+  log: FastifyBaseLogger,
+  requestId: string,
+  res: ServerResponse,
+  err: unknown,
+  where: string,
+  pages?: ErrorPages,
+): void {
+  try {
+    log.error({ err, requestId, subsystem: 'proxy', where }, 'request callback threw: this request is ended');
+  } catch {
+    // A logger that throws must not stop the request from being ended.
+  }
+  writeError(res, new EdgeInternal({ cause: err }), pages);
 }
 
 /** Client errors pass through; anything else is logged and answered with a generic 500. */

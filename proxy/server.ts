@@ -6,18 +6,20 @@ import type { Config } from '../config/schema.js';
 import { createScaler } from '../scaler/index.js';
 import { onClientError } from './connection/client-errors.js';
 import { createStallWatch } from './connection/stall-watch.js';
-import { setErrorHandler, useErrorPages } from './errors.js';
-import { createForwarder, type Forwarder, forwardPlugin } from './forward/forwarder.js';
+import { setErrorHandler } from './errors.js';
+import { createForwarder } from './forward/forwarder.js';
 import { REQUEST_ID } from './forward/headers.js';
 import { createUpstream } from './forward/upstream.js';
-import { endOnFault } from './guard.js';
+
 import { createImageSource } from './intercept/image-source.js';
-import { createInterceptors, type Interceptor } from './intercept/index.js';
+import { createInterceptors } from './intercept/index.js';
+import type { Interceptor } from './intercept/types.js';
 import { createLogger } from './observe/log/logger.js';
 import { createMetrics } from './observe/metrics/catalogue.js';
 import { answerMetricsRequests } from './observe/metrics/cluster.js';
 import { createMetricsServer, type MetricsServer } from './observe/metrics/server.js';
 import { createOutbound } from './outbound/client.js';
+import { createFastPath, createPipeline, pipelinePlugin } from './pipeline.js';
 import { createErrorPages } from './routes/error-pages.js';
 import { createHealth, healthPlugin } from './routes/health.js';
 import { staticPlugin } from './routes/static.js';
@@ -133,11 +135,11 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
 
   const forwarder = createForwarder({
     upstream,
-    interceptors: opts.interceptors ?? createInterceptors({ outbound, scaler, maxWidth: config.imageResizer.maxWidth, log: app.log }),
+    interceptors:
+      opts.interceptors ?? createInterceptors({ outbound, scaler, maxWidth: config.imageResizer.maxWidth, log: app.log, metrics }),
     version: VERSION,
     log: app.log,
     isClosing: () => closing,
-    metrics,
     errorPages,
     stallWatch,
   });
@@ -152,18 +154,12 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     log: app.log,
     isClosing: () => closing,
     metrics,
+    errorPages,
     stallWatch,
   });
   // Every proxied request enters here, by the fast path or the catch-all route alike.
-  const forward: Forwarder =
-    metrics === undefined && errorPages === undefined
-      ? uploads
-      : (req, res, requestId) => {
-          metrics?.begin(req, res);
-          if (errorPages !== undefined) useErrorPages(res, errorPages);
-          uploads(req, res, requestId);
-        };
-  app.register(forwardPlugin, { forward, log: app.log });
+  const pipeline = createPipeline({ metrics, uploads });
+  app.register(pipelinePlugin, { pipeline, log: app.log, pages: errorPages });
 
   const health = createHealth({ config, isClosing: () => closing, log: app.log });
   if (!config.healthOnMetricsListener) app.register(healthPlugin, { health, metrics });
@@ -198,40 +194,8 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     if (route.url !== '*') ownPrefixes.push(route.url.split(/[:*]/, 1)[0] as string);
   });
   app.addHook('onReady', (done) => {
-    fastPath = createFastPath(forward, genReqId, ownPrefixes, app.log);
+    fastPath = createFastPath(pipeline, genReqId, ownPrefixes, app.log, errorPages);
     done();
   });
   return app;
-}
-
-/**
- * Requests that only the catch-all would match go straight to the forwarder, skipping fastify's
- * per-request lifecycle (routing, Request/Reply objects, a child logger, body-parser lookup):
- * measured at about a sixth of the proxy's CPU per request (bench/README.md). The catch-all
- * route calls the same forwarder, so `inject()` and the fast path behave alike; during shutdown
- * the forwarder answers 503 with `Connection: close` itself.
- */
-function createFastPath(
-  forward: Forwarder,
-  genReqId: (req: IncomingMessage) => string,
-  ownPrefixes: string[],
-  log: FastifyBaseLogger,
-): (req: IncomingMessage, res: ServerResponse) => boolean {
-  // Outrider's own paths share a leading part ("/-/"): most requests are told apart by it alone.
-  const shared = ownPrefixes.reduce((common, prefix) => {
-    let n = 0;
-    while (n < common.length && common[n] === prefix[n]) n++;
-    return common.slice(0, n);
-  }, ownPrefixes[0] ?? '');
-  return (req, res) => {
-    const url = req.url as string;
-    if (url.startsWith(shared)) for (const prefix of ownPrefixes) if (url.startsWith(prefix)) return false;
-    const requestId = genReqId(req);
-    try {
-      forward(req, res, requestId);
-    } catch (err) {
-      endOnFault(log, requestId, res, err, 'request');
-    }
-    return true;
-  };
 }

@@ -10,7 +10,7 @@ import { inspect, RENDER_SETTINGS, render } from './scale.js';
 
 export type { ImageLocation, ScaleDirective } from './directive.js';
 export { parseDirective } from './directive.js';
-export { ScaleError } from './errors.js';
+export { ScaleError, type ScaleErrorCode } from './errors.js';
 
 /** An opened original image: what is known before reading it, and its bytes once. */
 export interface OpenedImage {

@@ -80,3 +80,12 @@ export function connectionTokens(value: string): string[] {
   }
   return out;
 }
+
+export function withoutNamed(headers: string[], names: readonly string[]): string[] {
+  if (names.length === 0) return headers;
+  const out: string[] = [];
+  for (let i = 0; i < headers.length; i += 2) {
+    if (!names.includes((headers[i] as string).toLowerCase())) out.push(headers[i] as string, headers[i + 1] as string);
+  }
+  return out;
+}

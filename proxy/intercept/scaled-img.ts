@@ -1,12 +1,13 @@
 import { Readable } from 'node:stream';
 import type { FastifyBaseLogger } from 'fastify';
 import { decodeSendData, SCALED_IMG_PREFIX } from '../../protocol/send-data.js';
-import { parseDirective, type ScaleDirective, ScaleError, type Scaler } from '../../scaler/index.js';
-import { EdgeDirectiveInvalid, EdgeSourceUnavailable, writeError } from '../errors.js';
+import { parseDirective, type ScaleDirective, type Scaler } from '../../scaler/index.js';
+import { EdgeSourceUnavailable } from '../errors.js';
 import { sendBody } from '../forward/body.js';
 import { rawHeader } from '../forward/headers.js';
 import { createDirectLine, type DirectLine, jsonString, msSince } from '../observe/log/access-line.js';
-import type { InterceptContext, Interceptor } from './index.js';
+import type { Metrics } from '../observe/metrics/catalogue.js';
+import type { InterceptContext, Interceptor } from './types.js';
 
 const SAFE_TYPES = new Set(['image/png', 'image/jpeg']);
 
@@ -20,7 +21,11 @@ const REPLACED = new Set(['content-length', 'content-type', 'last-modified', 'et
  * headers (Cache-Control, Content-Disposition…) are kept; Content-Type and Content-Length match
  * what is sent. One log line per outcome.
  */
-export function createScaledImg(scaler: Scaler, opts: { maxWidth: number; log?: FastifyBaseLogger | undefined }): Interceptor {
+export function createScaledImg(
+  scaler: Scaler,
+  opts: { maxWidth: number; log?: FastifyBaseLogger | undefined; metrics?: Metrics | undefined },
+): Interceptor {
+  const metrics = opts.metrics;
   const directives = new Memo(512, (value: string) => parseDirective(decodeSendData(value, SCALED_IMG_PREFIX), opts));
   const outcomeLine = opts.log === undefined ? undefined : createDirectLine(opts.log, 'scaler', OUTCOME_FIELDS);
   return {
@@ -29,7 +34,7 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number; log?: 
       return head.statusCode === 200 && head.sendData?.startsWith(SCALED_IMG_PREFIX) === true;
     },
     async serve(ctx) {
-      const { req, res, head, metrics } = ctx;
+      const { req, res, head } = ctx;
       const started = performance.now();
       let directive: ScaleDirective;
       try {
@@ -37,7 +42,7 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number; log?: 
       } catch (err) {
         ctx.log.error({ err, subsystem: 'scaler', outcome: 'failed' }, 'invalid send-scaled-img instruction');
         metrics?.imageResize('request-failed');
-        writeError(res, new EdgeDirectiveInvalid({ cause: err }));
+        ctx.fail(err);
         return;
       }
       try {
@@ -98,7 +103,7 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number; log?: 
             else {
               // The original failed before its first byte: nothing was sent, so the client is told.
               ctx.log.warn({ err: sent.err, subsystem: 'scaler' }, 'original image could not be read');
-              writeError(res, new EdgeSourceUnavailable());
+              ctx.fail(new EdgeSourceUnavailable());
             }
           }
         }
@@ -109,12 +114,8 @@ export function createScaledImg(scaler: Scaler, opts: { maxWidth: number; log?: 
           'scaler failed',
         );
         metrics?.imageResize('request-failed');
-        writeError(
-          res,
-          err instanceof ScaleError && err.code === 'EDGE_DIRECTIVE_INVALID'
-            ? new EdgeDirectiveInvalid()
-            : new EdgeSourceUnavailable({ cause: err }),
-        );
+        // The scaler throws only ScaleError: an invalid directive (502 as invalid) or an unreadable source.
+        ctx.fail(err);
       }
     },
   };

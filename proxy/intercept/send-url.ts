@@ -1,10 +1,10 @@
 import { type ServerResponse, STATUS_CODES } from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import { DirectiveError, decodeSendData, SEND_URL_PREFIX } from '../../protocol/send-data.js';
-import { EdgeDirectiveInvalid, EdgeSourceUnavailable, EdgeUpstreamTimeout, writeError } from '../errors.js';
+import { toEdgeError } from '../errors.js';
 import { HOP_BY_HOP, SEND_DATA } from '../forward/headers.js';
 import type { Outbound } from '../outbound/client.js';
-import type { Interceptor } from './index.js';
+import type { Interceptor } from './types.js';
 
 /** Client headers passed on to the origin, so it can answer ranges and revalidations itself. */
 const FORWARDED_REQUEST_HEADERS = ['range', 'if-range', 'if-match', 'if-none-match', 'if-modified-since', 'if-unmodified-since'];
@@ -40,7 +40,7 @@ export function createSendUrl(outbound: Outbound): Interceptor {
         allowRedirects = redirects;
       } catch (err) {
         log.error({ err, subsystem: 'send-url', status: 'invalid-data' }, 'invalid send-url instruction');
-        writeError(res, new EdgeDirectiveInvalid({ cause: err }));
+        ctx.fail(err);
         return;
       }
 
@@ -55,10 +55,8 @@ export function createSendUrl(outbound: Outbound): Interceptor {
         upstream = await outbound.request(url, { headers, allowRedirects, signal: ctx.signal });
       } catch (err) {
         if (ctx.clientGone) return;
-        const code = (err as { code?: string }).code;
-        const timeout = code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT';
         log.warn({ err, subsystem: 'send-url', url: redact(url), status: 'request-failed' }, 'send-url request failed');
-        writeError(res, timeout ? new EdgeUpstreamTimeout({ cause: err }) : new EdgeSourceUnavailable({ cause: err }));
+        ctx.fail(toEdgeError(err, 'origin'));
         return;
       }
 

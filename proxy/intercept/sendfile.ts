@@ -1,8 +1,8 @@
 import { isAbsolute } from 'node:path';
 import send from '@fastify/send';
-import { EdgeDirectiveInvalid, EdgeSendfileMissing, EdgeSourceUnavailable, writeError } from '../errors.js';
+import { EdgeDirectiveInvalid, EdgeSendfileMissing, EdgeSourceUnavailable } from '../errors.js';
 import { sendBody, whenOpen } from '../forward/body.js';
-import type { Interceptor } from './index.js';
+import type { Interceptor } from './types.js';
 
 /** Headers of the backend's own response that describe its (discarded) body, not the file. */
 const BODY_HEADERS = new Set(['content-length', 'content-range', 'accept-ranges', 'last-modified', 'etag']);
@@ -19,11 +19,12 @@ export const sendfile: Interceptor = {
   match(head) {
     return head.statusCode === 200 && head.sendfile !== undefined && head.sendfile !== '';
   },
-  async serve({ req, res, head, log }) {
+  async serve(ctx) {
+    const { req, res, head, log } = ctx;
     const file = head.sendfile as string;
     if (!isAbsolute(file) || file.includes('\0')) {
       log.error({ subsystem: 'sendfile', file }, 'the backend sent an X-Sendfile path that is not absolute');
-      writeError(res, new EdgeDirectiveInvalid());
+      ctx.fail(new EdgeDirectiveInvalid());
       return;
     }
     const result = await send(req, toUrlPath(file), {
@@ -56,7 +57,7 @@ export const sendfile: Interceptor = {
       // Missing, a directory, or gone between its stat and its opening: nothing was sent yet.
       result.stream.destroy();
       log.warn({ subsystem: 'sendfile', file, status: result.statusCode, err: openError }, 'X-Sendfile file cannot be served');
-      writeError(res, new EdgeSendfileMissing());
+      ctx.fail(new EdgeSendfileMissing());
       return;
     }
     const headers: string[] = [];
@@ -81,7 +82,7 @@ export const sendfile: Interceptor = {
     if (!sent.complete && !sent.started) {
       // Gone or shrunk between its stat and its first read: nothing was sent, so the client can still be told.
       log.warn({ err: sent.err, subsystem: 'sendfile', file }, 'X-Sendfile file could not be read');
-      writeError(res, new EdgeSourceUnavailable());
+      ctx.fail(new EdgeSourceUnavailable());
       return;
     }
     log.info({ subsystem: 'sendfile', file, status: result.statusCode, bytes: length }, 'send file');

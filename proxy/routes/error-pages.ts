@@ -3,7 +3,7 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { type ServerResponse, STATUS_CODES } from 'node:http';
 import { join } from 'node:path';
 import type { FastifyBaseLogger } from 'fastify';
-import type { ResponseHead } from '../intercept/index.js';
+import type { ResponseHead } from '../intercept/types.js';
 
 /** `<document_root>/<code>.html` for an error status. */
 const PAGE_NAME = /^([45][0-9][0-9])\.html$/;

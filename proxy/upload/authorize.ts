@@ -5,8 +5,8 @@ import { API_CONTENT_TYPE } from '../../protocol/headers.js';
 import { ISSUER, signJwt } from '../../protocol/jwt.js';
 import { DirectiveError } from '../../protocol/send-data.js';
 import { UPLOAD_HASHES, type UploadHash } from '../../protocol/upload-fields.js';
-import { requestHeaders, withoutNamed } from '../forward/forwarder.js';
-import { API_REQUEST, HOP_BY_HOP, RESPONSE_STRIPPED } from '../forward/headers.js';
+import { API_REQUEST, HOP_BY_HOP, RESPONSE_STRIPPED, withoutNamed } from '../forward/headers.js';
+import { requestHeaders } from '../forward/request-headers.js';
 import type { Destination } from './store/index.js';
 
 /** What the backend's authorize answer allows (Workhorse `api.Response`, the fields uploads use). */

@@ -1,32 +1,23 @@
 import { randomBytes } from 'node:crypto';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import { Busboy, type BusboyInstance } from '@fastify/busboy';
 import type { FastifyBaseLogger, FastifyError } from 'fastify';
 import type { Dispatcher } from 'undici';
 import type { Config } from '../../config/schema.js';
 import { ISSUER, signJwt } from '../../protocol/jwt.js';
-import { DirectiveError } from '../../protocol/send-data.js';
 import { REWRITTEN_FIELDS_CLAIM, SIGNED_UPLOAD_FIELD, UPLOAD_CLAIM, UPLOAD_HASHES, UPLOAD_KEYS } from '../../protocol/upload-fields.js';
 import { bodyUnread, closeAfterAnswer } from '../connection/linger.js';
 import type { StallWatch } from '../connection/stall-watch.js';
-import {
-  EdgeBodyTimeout,
-  EdgeDirectiveInvalid,
-  EdgeInternal,
-  EdgeRequestInvalid,
-  EdgeUploadInvalid,
-  EdgeUploadStoreFailed,
-  EdgeUploadStoreTimeout,
-  EdgeUploadTooLarge,
-  mapUpstreamError,
-  writeError,
-} from '../errors.js';
-import { type BodyReplacement, duplicateSingleton, type Forwarder, peerAddress } from '../forward/forwarder.js';
+import { EdgeBodyTimeout, EdgeRequestInvalid, endOnFault, toEdgeError, writeError } from '../errors.js';
+import type { Exchange } from '../forward/exchange.js';
+import type { BodyReplacement, Forwarder } from '../forward/forwarder.js';
 import { API_REQUEST, MULTIPART_FIELDS } from '../forward/headers.js';
-import { endOnFault } from '../guard.js';
+import { duplicateSingleton } from '../forward/request-headers.js';
+
 import { type AccessLog, createAccessLog } from '../observe/log/access-line.js';
 import type { Metrics } from '../observe/metrics/catalogue.js';
 import type { Outbound } from '../outbound/client.js';
+import type { ErrorPages } from '../routes/error-pages.js';
 import { type Authorization, apiRequestToken, authorize } from './authorize.js';
 import { Stash, type StoredFile, StoreError, storeFile } from './store/index.js';
 
@@ -42,6 +33,8 @@ export interface UploadOptions {
   log: FastifyBaseLogger;
   isClosing: () => boolean;
   metrics?: Metrics | undefined;
+  /** Set when `document_root` is: Outrider's own 5xx answers use `<status>.html`. */
+  errorPages?: ErrorPages | undefined;
   /** `client_body_timeout`: an upload whose body stops arriving is answered 408 and its files removed. */
   stallWatch?: StallWatch | undefined;
 }
@@ -68,21 +61,20 @@ export function createUploads(opts: UploadOptions): Forwarder {
   if (routes.length === 0) return opts.forward;
   const accessLog = createAccessLog(opts.log);
   const methods = new Set(routes.map((r) => r.method));
-  return (req, res, requestId, replacement) => {
+  return (exchange, replacement) => {
+    const { req } = exchange;
     const url = req.url as string;
     const route =
       replacement === undefined && methods.has(req.method as string) && url.charCodeAt(0) === 47 && !opts.isClosing()
         ? matchRoute(routes, req.method as string, url)
         : undefined;
-    if (route !== undefined) opts.metrics?.route(res, route.path.source);
+    if (route !== undefined) exchange.measure?.route(route.path.source);
     if (route === undefined || (route.kind === 'multipart' && !isMultipart(req.headers['content-type']))) {
-      opts.forward(req, res, requestId, replacement);
+      opts.forward(exchange, replacement);
       return;
     }
-    // Read now: once the request is destroyed (a refused or timed-out body), its socket is gone.
-    const peer = peerAddress(req);
-    handleUpload(route, req, res, requestId, peer, opts, accessLog).catch((err: unknown) =>
-      endOnFault(opts.log, requestId, res, err, 'upload'),
+    handleUpload(route, exchange, opts, accessLog).catch((err: unknown) =>
+      endOnFault(opts.log, exchange.requestId, exchange.res, err, 'upload', opts.errorPages),
     );
   };
 }
@@ -97,16 +89,8 @@ function isMultipart(type: string | undefined): boolean {
   return type !== undefined && /^multipart\/form-data\s*(;|$)/i.test(type);
 }
 
-async function handleUpload(
-  route: UploadRoute,
-  req: IncomingMessage,
-  res: ServerResponse,
-  requestId: string,
-  peer: string,
-  opts: UploadOptions,
-  accessLog: AccessLog,
-) {
-  const started = performance.now();
+async function handleUpload(route: UploadRoute, exchange: Exchange, opts: UploadOptions, accessLog: AccessLog) {
+  const { req, res, requestId, peer, started } = exchange;
   const log = opts.log.child({ requestId });
   const stash = new Stash(opts.outbound);
   const abort = new AbortController();
@@ -121,15 +105,15 @@ async function handleUpload(
     // A forwarded request gets its access line from the forwarder; one answered here gets it now.
     if (!forwarded) accessLog(req, res, { requestId, started, peer, bytes: undefined });
   });
-  const forward = (replacement: Omit<BodyReplacement, 'peer'>) => {
+  const forward = (replacement: BodyReplacement) => {
     forwarded = true;
-    opts.forward(req, res, requestId, { ...replacement, peer });
+    opts.forward(exchange, replacement);
   };
   const fields = { subsystem: 'upload', route: route.path.source, kind: route.kind };
   const answer = (err: FastifyError) => {
     // The rest of the client's body is not read: writeError closes the connection after this answer.
     req.on('error', () => undefined);
-    writeError(res, err);
+    writeError(res, err, opts.errorPages);
   };
   const duplicate = duplicateSingleton(req);
   if (duplicate !== undefined) {
@@ -154,7 +138,7 @@ async function handleUpload(
     let auth: Authorization = { destination: { kind: 'local', dir: opts.uploads.tempDir }, maxSize: 0, hashes: [...UPLOAD_HASHES] };
     if (route.preauthorize) {
       const result = await authorize(opts.upstream, req, {
-        peer: peerAddress(req),
+        peer,
         requestId,
         version: opts.version,
         secret: opts.secret,
@@ -187,7 +171,7 @@ async function handleUpload(
     if (route.kind === 'body') {
       const declared = req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']);
       if (auth.maxSize > 0 && declared !== undefined && declared > auth.maxSize) {
-        throw new StoreError(413, `the body is larger than the ${auth.maxSize} bytes allowed`);
+        throw new StoreError('too-large', `the body is larger than the ${auth.maxSize} bytes allowed`);
       }
       const stored = await storeFile(req, { ...store, ...(declared === undefined ? {} : { size: declared }) });
       if (res.destroyed) return;
@@ -234,7 +218,8 @@ async function handleUpload(
   } catch (err) {
     abort.abort();
     if (res.destroyed || res.writableEnded) return;
-    const edge = toEdgeError(err);
+    // The store and the multipart reader throw StoreError; anything else is the authorize request's.
+    const edge = toEdgeError(err, 'backend');
     const level = edge.statusCode !== undefined && edge.statusCode < 500 ? 'info' : 'error';
     log[level]({ ...fields, err, outcome: 'failed', status: edge.statusCode, durationMs: elapsed(started) }, 'upload failed');
     opts.metrics?.upload('failed', req);
@@ -243,19 +228,6 @@ async function handleUpload(
 }
 
 const elapsed = (since: number) => Math.round(performance.now() - since);
-
-function toEdgeError(err: unknown): FastifyError {
-  if (err instanceof StoreError) {
-    if (err.status === 413) return new EdgeUploadTooLarge(err.message);
-    if (err.status === 400) return new EdgeUploadInvalid(err.message);
-    if (err.status === 504) return new EdgeUploadStoreTimeout({ cause: err });
-    if (err.status === 500) return new EdgeInternal({ cause: err });
-    return new EdgeUploadStoreFailed({ cause: err });
-  }
-  if (err instanceof DirectiveError) return new EdgeDirectiveInvalid({ cause: err });
-  // The authorize request itself failed: the backend is down or timed out.
-  return mapUpstreamError(err);
-}
 
 /** `<f>.name`, `<f>.path`… and `<f>.gitlab-workhorse-upload`, the JWT signing all of them. */
 function fileFields(prefix: string, filename: string, stored: StoredFile, secret: Buffer): [string, string][] {
@@ -329,7 +301,7 @@ function readMultipart(
         limits: { files: maxFiles, fields: FIELDS_COUNT_LIMIT, fieldSize: FIELD_LIMIT, headerPairs: 100 },
       });
     } catch (err) {
-      reject(new StoreError(400, 'the multipart body has no boundary', { cause: err }));
+      reject(new StoreError('invalid', 'the multipart body has no boundary', { cause: err }));
       return;
     }
     const parts: (Part | Promise<Part>)[] = [];
@@ -346,10 +318,11 @@ function readMultipart(
     };
     bb.on('field', (name, value, nameTruncated, valueTruncated, _encoding, contentType) => {
       if (failed || name === '') return;
-      if (nameTruncated || valueTruncated) return fail(new StoreError(413, `a form field is larger than ${FIELD_LIMIT} bytes`));
-      if (generated.has(name)) return fail(new StoreError(400, `the field "${name}" collides with an uploaded file's field`));
+      if (nameTruncated || valueTruncated) return fail(new StoreError('too-large', `a form field is larger than ${FIELD_LIMIT} bytes`));
+      if (generated.has(name)) return fail(new StoreError('invalid', `the field "${name}" collides with an uploaded file's field`));
       fieldBytes += value.length;
-      if (fieldBytes > FIELDS_TOTAL_LIMIT) return fail(new StoreError(413, `the form fields are larger than ${FIELDS_TOTAL_LIMIT} bytes`));
+      if (fieldBytes > FIELDS_TOTAL_LIMIT)
+        return fail(new StoreError('too-large', `the form fields are larger than ${FIELDS_TOTAL_LIMIT} bytes`));
       fieldNames.add(name);
       parts.push({ kind: 'field', name, value: encodeField(value, contentType), contentType });
     });
@@ -365,26 +338,26 @@ function readMultipart(
       const base = baseName(filename);
       if (base === '' || base === '.' || base === '..') {
         stream.resume();
-        return fail(new StoreError(400, 'the file name is not allowed'));
+        return fail(new StoreError('invalid', 'the file name is not allowed'));
       }
       const names = [name, ...FILE_FIELDS.map((f) => `${name}.${f}`)];
       if (names.some((n) => generated.has(n)) || names.slice(1).some((n) => fieldNames.has(n))) {
         stream.resume();
-        return fail(new StoreError(400, `the file field "${name}" collides with another field`));
+        return fail(new StoreError('invalid', `the file field "${name}" collides with another field`));
       }
       // One presigned object per request: a second file would overwrite the first.
       if (++files > 1 && store.destination.kind === 'remote') {
         stream.resume();
-        return fail(new StoreError(400, 'only one file may be uploaded to object storage per request'));
+        return fail(new StoreError('invalid', 'only one file may be uploaded to object storage per request'));
       }
       for (const n of names) generated.add(n);
       const stored = storeFile(stream, store).then((file): Part => ({ kind: 'file', name, filename: base, stored: file }));
       stored.catch(fail);
       parts.push(stored);
     });
-    bb.on('filesLimit', () => fail(new StoreError(400, `the request has more than ${maxFiles} files`)));
-    bb.on('fieldsLimit', () => fail(new StoreError(400, `the request has more than ${FIELDS_COUNT_LIMIT} fields`)));
-    bb.on('error', (err: Error) => fail(new StoreError(400, 'the multipart body is malformed', { cause: err })));
+    bb.on('filesLimit', () => fail(new StoreError('invalid', `the request has more than ${maxFiles} files`)));
+    bb.on('fieldsLimit', () => fail(new StoreError('invalid', `the request has more than ${FIELDS_COUNT_LIMIT} fields`)));
+    bb.on('error', (err: Error) => fail(new StoreError('invalid', 'the multipart body is malformed', { cause: err })));
     bb.on('finish', () => {
       Promise.all(parts).then((done) => {
         if (!failed) resolve(done);
@@ -392,7 +365,7 @@ function readMultipart(
     });
     req.on('error', () => undefined);
     req.on('close', () => {
-      if (!req.complete) fail(new StoreError(400, 'the client went away mid-upload'));
+      if (!req.complete) fail(new StoreError('invalid', 'the client went away mid-upload'));
     });
     req.pipe(bb);
   });

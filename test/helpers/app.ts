@@ -5,7 +5,7 @@ import { request } from 'undici';
 import { onTestFinished } from 'vitest';
 import { loadConfig } from '../../config/load.js';
 import type { Config } from '../../config/schema.js';
-import type { Interceptor } from '../../proxy/intercept/index.js';
+import type { Interceptor } from '../../proxy/intercept/types.js';
 import { LOG_REDACT } from '../../proxy/observe/log/logger.js';
 import { buildServer } from '../../proxy/server.js';
 

@@ -48,12 +48,12 @@ export interface MetricsOptions {
  */
 export interface Metrics {
   readonly registry: Registry;
-  /** Starts measuring one request: in flight until its response closes, labelled `route` (the catch-all by default). */
-  begin(req: IncomingMessage, res: ServerResponse, route?: string): void;
-  /** Names the route pattern that matched a request `begin` saw: an upload route's `RegExp.source`. */
-  route(res: ServerResponse, route: string): void;
-  /** The backend's response was taken over by this interceptor: counted by send-data injecter or as X-Sendfile. */
-  intercepted(res: ServerResponse, interceptor: string): void;
+  /**
+   * Starts measuring one request: in flight until its response closes, labelled `route` (the
+   * catch-all by default). The stages it goes through name its route and interceptor on the
+   * `Measure` returned.
+   */
+  begin(req: IncomingMessage, res: ServerResponse, route?: string): Measure;
   imageResize(status: ImageResizeStatus): void;
   /** Time spent on a scaled image or a 304 for one, by the image's type and the width asked for. */
   imageResizeDuration(contentType: string, width: number, seconds: number): void;
@@ -61,6 +61,14 @@ export interface Metrics {
   imageResizeLimitExceeded(): void;
   /** An upload request's outcome, with the bytes read from the client for it so far. */
   upload(outcome: UploadOutcome, req: IncomingMessage): void;
+}
+
+/** One request being measured, from `Metrics.begin` until its response closes. */
+export interface Measure {
+  /** Names the route pattern that matched: an upload route's `RegExp.source`. */
+  route(route: string): void;
+  /** The backend's response was taken over by this interceptor: counted by send-data injecter or as X-Sendfile. */
+  intercepted(interceptor: string): void;
 }
 
 type Labels = Record<string, string>;
@@ -212,29 +220,16 @@ interface HttpSeries {
   responseSize: HistogramChild;
 }
 
-// Set on responses and sockets Outrider measures. Symbols keep them apart from Node's own fields.
-const kStart = Symbol('outrider.metrics.start');
-const kRoute = Symbol('outrider.metrics.route');
-const kInterceptor = Symbol('outrider.metrics.interceptor');
-const kSocket = Symbol('outrider.metrics.socket');
-const kRead = Symbol('outrider.metrics.read');
-const kWritten = Symbol('outrider.metrics.written');
-
-type MeasuredResponse = ServerResponse & {
-  [kStart]: number;
-  [kRoute]: string;
-  [kInterceptor]: string | undefined;
-  /** Read at the start: undici sets `req.socket` to null when it is done with a request body it forwarded. */
-  [kSocket]: MeasuredSocket | null;
-  /** Node's header block once written (latin1: one byte per character). */
-  _header?: string | null;
-};
-type MeasuredSocket = Socket & { [kRead]?: number; [kWritten]?: number };
+/** A connection's byte counters when its previous request ended: each request's sizes are the differences. */
+interface SocketMark {
+  read: number;
+  written: number;
+}
 
 /** Bytes read from the client for the request on this socket so far (request line, headers and body). */
-function bytesReadFor(socket: MeasuredSocket | null | undefined): number {
+function bytesReadFor(socket: Socket | null | undefined, marks: WeakMap<Socket, SocketMark>): number {
   const read = socket?.bytesRead;
-  return typeof read === 'number' ? read - (socket?.[kRead] ?? 0) : 0;
+  return typeof read === 'number' ? read - (marks.get(socket as Socket)?.read ?? 0) : 0;
 }
 
 export function createMetrics(opts: MetricsOptions): Metrics {
@@ -361,29 +356,37 @@ export function createMetrics(opts: MetricsOptions): Metrics {
     return series;
   };
 
-  // One listener for every measured response: nothing is allocated per request.
-  function onResponseClose(this: MeasuredResponse): void {
+  const marks = new WeakMap<Socket, SocketMark>();
+
+  /** Records one request's series when its response closes. */
+  function finish(m: RequestMeasure): void {
     inFlight--;
-    const req = this.req;
-    const status = this.headersSent ? this.statusCode : 499;
-    const series = seriesFor(this[kRoute], req.method as string, status);
+    const res = m.res;
+    const req = res.req;
+    const status = res.headersSent ? res.statusCode : 499;
+    const series = seriesFor(m.routeLabel, req.method as string, status);
     series.requests.inc();
-    series.duration.observe((performance.now() - this[kStart]) / 1000);
+    series.duration.observe((performance.now() - m.start) / 1000);
     // Sizes from the connection's byte counters since its previous request ended: exact for
     // HTTP/1.1 keep-alive, with no per-chunk work. The response's header block is not body.
-    const socket = this[kSocket];
+    const socket = m.socket;
     let body = 0;
     if (socket !== null && typeof socket.bytesRead === 'number') {
       const read = socket.bytesRead;
       const written = socket.bytesWritten;
-      const header = this._header;
-      series.requestSize.observe(read - (socket[kRead] ?? 0));
-      body = Math.max(0, written - (socket[kWritten] ?? 0) - (typeof header === 'string' ? header.length : 0));
+      const header = (res as ServerResponse & { _header?: string | null })._header;
+      let mark = marks.get(socket);
+      if (mark === undefined) {
+        mark = { read: 0, written: 0 };
+        marks.set(socket, mark);
+      }
+      series.requestSize.observe(read - mark.read);
+      body = Math.max(0, written - mark.written - (typeof header === 'string' ? header.length : 0));
       series.responseSize.observe(body);
-      socket[kRead] = read;
-      socket[kWritten] = written;
+      mark.read = read;
+      mark.written = written;
     }
-    const interceptor = this[kInterceptor];
+    const interceptor = m.interceptor;
     if (interceptor === undefined) return;
     if (interceptor === SENDFILE) {
       const counters = sendfileByType.get(ARTIFACTS.test(req.url as string) ? 'artifacts' : 'other');
@@ -404,18 +407,7 @@ export function createMetrics(opts: MetricsOptions): Metrics {
     registry,
     begin(req, res, route = CATCH_ALL_ROUTE) {
       inFlight++;
-      const measured = res as MeasuredResponse;
-      measured[kStart] = performance.now();
-      measured[kRoute] = route;
-      measured[kInterceptor] = undefined;
-      measured[kSocket] = req.socket as MeasuredSocket | null;
-      res.on('close', onResponseClose);
-    },
-    route(res, route) {
-      (res as MeasuredResponse)[kRoute] = lookup(routeLabels, route, () => route.replaceAll('\\/', '/'));
-    },
-    intercepted(res, interceptor) {
-      (res as MeasuredResponse)[kInterceptor] = interceptor;
+      return new RequestMeasure(req, res, route, routeLabels, finish);
     },
     imageResize(status) {
       resizeByStatus.get(status)?.inc();
@@ -435,7 +427,41 @@ export function createMetrics(opts: MetricsOptions): Metrics {
     upload(outcome, req) {
       const counters = uploads.get(outcome);
       counters?.requests.inc();
-      counters?.bytes.inc(bytesReadFor(req.socket as MeasuredSocket | null));
+      counters?.bytes.inc(bytesReadFor(req.socket as Socket | null, marks));
     },
   };
+}
+
+/** One measured request: what its series are chosen by once its response closes. */
+class RequestMeasure implements Measure {
+  readonly res: ServerResponse;
+  readonly start = performance.now();
+  routeLabel: string;
+  interceptor: string | undefined = undefined;
+  /** Read at the start: undici sets `req.socket` to null when it is done with a request body it forwarded. */
+  readonly socket: Socket | null;
+  private readonly routeLabels: Map<string, string>;
+
+  constructor(
+    req: IncomingMessage,
+    res: ServerResponse,
+    route: string,
+    routeLabels: Map<string, string>,
+    finish: (m: RequestMeasure) => void,
+  ) {
+    this.res = res;
+    this.routeLabel = route;
+    this.socket = req.socket as Socket | null;
+    this.routeLabels = routeLabels;
+    res.on('close', () => finish(this));
+  }
+
+  route(route: string): void {
+    // `RegExp.source` escapes every "/": the label shows the pattern as configured. One entry per route.
+    this.routeLabel = lookup(this.routeLabels, route, () => route.replaceAll('\\/', '/'));
+  }
+
+  intercepted(interceptor: string): void {
+    this.interceptor = interceptor;
+  }
 }

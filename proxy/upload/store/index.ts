@@ -31,13 +31,19 @@ export interface StoredFile {
   durationS: number;
 }
 
-/** Why a file could not be stored; `status` is what the client is answered. */
+/**
+ * Why an upload could not be stored: the body is too large or malformed (the client's doing), the
+ * store did not answer in time, the local disk failed (Outrider's own fault), or object storage
+ * failed (an upstream's). It names what failed, never an HTTP status: `proxy/errors.ts` maps it.
+ */
+export type StoreFailure = 'too-large' | 'invalid' | 'timeout' | 'disk' | 'object-storage';
+
 export class StoreError extends Error {
   override name = 'StoreError';
-  readonly status: 400 | 413 | 500 | 502 | 504;
-  constructor(status: 400 | 413 | 500 | 502 | 504, message: string, options?: ErrorOptions) {
+  readonly reason: StoreFailure;
+  constructor(reason: StoreFailure, message: string, options?: ErrorOptions) {
     super(message, options);
-    this.status = status;
+    this.reason = reason;
   }
 }
 
@@ -60,7 +66,7 @@ export class Meter extends Transform {
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     this.size += chunk.length;
     if (this.maxSize > 0 && this.size > this.maxSize) {
-      callback(new StoreError(413, `the file is larger than the ${this.maxSize} bytes allowed`));
+      callback(new StoreError('too-large', `the file is larger than the ${this.maxSize} bytes allowed`));
       return;
     }
     for (const [, hash] of this.hashes) hash.update(chunk);
@@ -165,9 +171,9 @@ async function store(input: Readable, opts: StoreOptions): Promise<StoredFile> {
     if (err instanceof StoreError) throw err;
     if (opts.signal.aborted) throw err;
     const name = (err as Error).name;
-    if (name === 'TimeoutError') throw new StoreError(504, 'object storage did not answer in time', { cause: err });
+    if (name === 'TimeoutError') throw new StoreError('timeout', 'object storage did not answer in time', { cause: err });
     // A local disk that fails is Outrider's own fault; object storage is an upstream.
-    throw new StoreError(dest.kind === 'local' ? 500 : 502, 'the file could not be stored', { cause: err });
+    throw new StoreError(dest.kind === 'local' ? 'disk' : 'object-storage', 'the file could not be stored', { cause: err });
   };
   let path = '';
   try {
@@ -202,7 +208,7 @@ async function store(input: Readable, opts: StoreOptions): Promise<StoredFile> {
     fail(meter.errored instanceof StoreError ? meter.errored : err);
   }
   if (opts.size !== undefined && meter.size !== opts.size) {
-    throw new StoreError(400, `the body ended after ${meter.size} of ${opts.size} bytes`);
+    throw new StoreError('invalid', `the body ended after ${meter.size} of ${opts.size} bytes`);
   }
   return {
     path,
@@ -238,7 +244,8 @@ async function putSingle(body: Readable, dest: Extract<Destination, { kind: 'rem
   const res = await opts.outbound.request(dest.storeUrl, { method: 'PUT', headers, body, signal });
   await res.body.dump({ limit: 64 * 1024 }).catch(() => undefined);
   if (body.errored) throw body.errored;
-  if (res.statusCode < 200 || res.statusCode > 299) throw new StoreError(502, `object storage answered ${res.statusCode} to the upload`);
+  if (res.statusCode < 200 || res.statusCode > 299)
+    throw new StoreError('object-storage', `object storage answered ${res.statusCode} to the upload`);
 }
 
 /**
@@ -266,7 +273,7 @@ async function putMultipart(
     await current.file.close();
     const index = etags.length;
     const url = mp.partUrls[index];
-    if (url === undefined) throw new StoreError(413, `the file needs more than the ${mp.partUrls.length} parts allowed`);
+    if (url === undefined) throw new StoreError('too-large', `the file needs more than the ${mp.partUrls.length} parts allowed`);
     const body = createReadStream(current.path);
     let res: Awaited<ReturnType<Outbound['request']>>;
     try {
@@ -283,7 +290,7 @@ async function putMultipart(
     await rm(current.path, { force: true });
     const etag = res.headers.etag;
     if (res.statusCode < 200 || res.statusCode > 299 || typeof etag !== 'string') {
-      throw new StoreError(502, `object storage answered ${res.statusCode} to part ${index + 1}`);
+      throw new StoreError('object-storage', `object storage answered ${res.statusCode} to part ${index + 1}`);
     }
     etags.push(etag);
   };
@@ -321,7 +328,7 @@ async function putMultipart(
     }
     done.body.destroy();
     if (done.statusCode < 200 || done.statusCode > 299 || head.includes('<Error>')) {
-      throw new StoreError(502, `object storage answered ${done.statusCode} to completing the upload`);
+      throw new StoreError('object-storage', `object storage answered ${done.statusCode} to completing the upload`);
     }
   } catch (err) {
     if (mp.abortUrl !== undefined) {

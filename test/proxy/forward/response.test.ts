@@ -1,6 +1,6 @@
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
-import type { Interceptor } from '../../../proxy/intercept/index.js';
+import type { Interceptor } from '../../../proxy/intercept/types.js';
 import { buildProxy, startProxy } from '../../helpers/app.js';
 import { startBackend } from '../../helpers/backend.js';
 import { rawRequest } from '../../helpers/raw.js';

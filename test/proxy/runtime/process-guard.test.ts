@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { request } from 'undici';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import type { Interceptor } from '../../../proxy/intercept/index.js';
+import type { Interceptor } from '../../../proxy/intercept/types.js';
 import { startProxy } from '../../helpers/app.js';
 import { startBackend } from '../../helpers/backend.js';
 

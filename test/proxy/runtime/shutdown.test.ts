@@ -2,6 +2,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Pool } from 'undici';
 import { describe, expect, it, onTestFinished } from 'vitest';
+import { Exchange } from '../../../proxy/forward/exchange.js';
 import { createForwarder } from '../../../proxy/forward/forwarder.js';
 import { captureLogger } from '../../helpers/app.js';
 import { startBackend } from '../../helpers/backend.js';
@@ -13,7 +14,7 @@ describe('while shutting down', () => {
     const logs: Record<string, unknown>[] = [];
     const upstream = new Pool(backend.url);
     const forward = createForwarder({ upstream, interceptors: [], version: 'test', log: captureLogger(logs), isClosing: () => true });
-    const server = createServer((req, res) => forward(req, res, 'req-1'));
+    const server = createServer((req, res) => forward(new Exchange(req, res, 'req-1')));
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     onTestFinished(async () => {
       server.closeAllConnections();
