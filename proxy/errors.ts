@@ -5,7 +5,7 @@ import { DirectiveError } from '../protocol/send-data.js';
 import { ScaleError } from '../scaler/index.js';
 import { bodyUnread, closeAfterAnswer } from './connection/linger.js';
 import { type ErrorPages, writeErrorPage } from './routes/error-pages.js';
-import { StoreError } from './upload/store/index.js';
+import { StoreError } from './upload/store/errors.js';
 
 /** The HTTP error catalogue: one code, message and status per failure a client can see. */
 export const EdgeUpstreamUnavailable = createError('EDGE_UPSTREAM_UNAVAILABLE', 'Bad Gateway: the backend is not responding', 502);
