@@ -5,12 +5,14 @@ import type { ImageLocation, ScaleDirective } from './directive.js';
 import { ScaleError } from './errors.js';
 import { createGate, type Gate } from './gate.js';
 import { type ImageFormat, MAGIC_LENGTH, precheck, sniffFormat } from './limits.js';
+import type { ScaleOutcomeName } from './outcomes.js';
 import { Prefix } from './prefix.js';
 import { inspect, RENDER_SETTINGS, render } from './scale.js';
 
 export type { ImageLocation, ScaleDirective } from './directive.js';
 export { parseDirective } from './directive.js';
 export { ScaleError, type ScaleErrorCode } from './errors.js';
+export { IMAGE_RESIZE_STATUS, type ImageResizeStatus, SCALE_OUTCOMES, type ScaleOutcomeName } from './outcomes.js';
 
 /** An opened original image: what is known before reading it, and its bytes once. */
 export interface OpenedImage {
@@ -68,12 +70,12 @@ export type OriginalReason =
   | 'busy'
   | 'scaling-failed';
 
+/** What the scaler did, named by its outcome (`outcomes.ts`): the log line and the metrics use the same name. */
 export type ScaleOutcome =
   | { outcome: 'not-modified'; lastModified: string | undefined }
   | {
-      outcome: 'scaled';
       /** Scaled for this request, taken from the cache, or shared with a concurrent identical request. */
-      from: 'scaled' | 'cache' | 'coalesced';
+      outcome: Extract<ScaleOutcomeName, 'scaled' | 'cache-hit' | 'coalesced'>;
       body: Buffer;
       contentType: 'image/png' | 'image/jpeg';
       width: number;
@@ -144,8 +146,7 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
       if (hit !== undefined) {
         image.discard();
         return {
-          outcome: 'scaled',
-          from: 'cache',
+          outcome: 'cache-hit',
           body: hit.body,
           contentType: hit.contentType,
           width: hit.width,
@@ -159,7 +160,7 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
         const shared = await pending;
         if (shared !== undefined) {
           image.discard();
-          return { outcome: 'scaled', from: 'coalesced', ...shared, lastModified: modified };
+          return { outcome: 'coalesced', ...shared, lastModified: modified };
         }
         // It served the original instead (busy, not larger…): this request decides for itself.
       } else {
@@ -251,7 +252,6 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
     if ('error' in value) return original('scaling-failed', input, input.length, format, value.error);
     return {
       outcome: 'scaled',
-      from: 'scaled',
       body: value.body,
       contentType: CONTENT_TYPES[format],
       width: value.width,

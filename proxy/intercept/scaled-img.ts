@@ -1,11 +1,11 @@
 import { Readable } from 'node:stream';
 import type { FastifyBaseLogger } from 'fastify';
 import { decodeSendData, SCALED_IMG_PREFIX } from '../../protocol/send-data.js';
-import { parseDirective, type ScaleDirective, type Scaler } from '../../scaler/index.js';
+import { parseDirective, type ScaleDirective, type ScaleOutcomeName, type Scaler } from '../../scaler/index.js';
 import { EdgeSourceUnavailable } from '../errors.js';
 import { sendBody } from '../forward/body.js';
 import { rawHeader } from '../forward/headers.js';
-import { createDirectLine, type DirectLine, jsonString, msSince } from '../observe/log/access-line.js';
+import { createDirectLine, type DirectLine, jsonString, msSince } from '../observe/log/direct-line.js';
 import type { Metrics } from '../observe/metrics/catalogue.js';
 import type { InterceptContext, Interceptor } from './types.js';
 
@@ -40,8 +40,8 @@ export function createScaledImg(
       try {
         directive = directives.get(head.sendData as string);
       } catch (err) {
-        ctx.log.error({ err, subsystem: 'scaler', outcome: 'failed' }, 'invalid send-scaled-img instruction');
-        metrics?.imageResize('request-failed');
+        ctx.log.error({ err, subsystem: 'scaler', outcome: FAILED }, 'invalid send-scaled-img instruction');
+        metrics?.imageResize(FAILED);
         ctx.fail(err);
         return;
       }
@@ -61,20 +61,20 @@ export function createScaledImg(
         headers.push('X-Accel-Buffering', 'no');
         if (outcome.outcome === 'not-modified') {
           res.writeHead(304, headers).end();
-          logOutcome(ctx, outcomeLine, directive, 'not-modified', msSince(started, 100));
-          metrics?.imageResize('success-client-cache');
+          logOutcome(ctx, outcomeLine, directive, outcome.outcome, msSince(started, 100));
+          metrics?.imageResize(outcome.outcome);
           metrics?.imageResizeDuration(directive.contentType, directive.width, (performance.now() - started) / 1000);
           return;
         }
-        if (outcome.outcome === 'scaled') {
+        if (outcome.outcome !== 'served-original') {
           headers.push('Content-Type', outcome.contentType, 'Content-Length', String(outcome.body.length));
           res.writeHead(200, headers).end(outcome.body);
           // 'scaled' ran a sharp job; 'cache-hit' and 'coalesced' (shared a concurrent job) did not.
-          logOutcome(ctx, outcomeLine, directive, outcome.from === 'cache' ? 'cache-hit' : outcome.from, msSince(started, 100), {
+          logOutcome(ctx, outcomeLine, directive, outcome.outcome, msSince(started, 100), {
             bytesWritten: outcome.body.length,
             originalBytes: outcome.originalBytes,
           });
-          metrics?.imageResize(outcome.from === 'cache' ? 'cache-hit' : 'success');
+          metrics?.imageResize(outcome.outcome);
           metrics?.imageResizeDuration(outcome.contentType, directive.width, (performance.now() - started) / 1000);
           return;
         }
@@ -86,14 +86,14 @@ export function createScaledImg(
         ctx.log.warn(
           {
             ...outcomeFields(directive),
-            outcome: 'served-original',
+            outcome: outcome.outcome,
             reason: outcome.reason,
             originalBytes: outcome.size,
             err: outcome.error,
           },
           'scaler served the original',
         );
-        metrics?.imageResize('served-original');
+        metrics?.imageResize(outcome.outcome);
         if (outcome.reason === 'busy') metrics?.imageResizeLimitExceeded();
         if (Buffer.isBuffer(outcome.body)) res.writeHead(200, headers).end(outcome.body);
         else {
@@ -109,17 +109,17 @@ export function createScaledImg(
         }
       } catch (err) {
         if (ctx.clientGone) return;
-        ctx.log.error(
-          { err, subsystem: 'scaler', outcome: 'failed', durationMs: Math.round(performance.now() - started) },
-          'scaler failed',
-        );
-        metrics?.imageResize('request-failed');
+        ctx.log.error({ err, subsystem: 'scaler', outcome: FAILED, durationMs: Math.round(performance.now() - started) }, 'scaler failed');
+        metrics?.imageResize(FAILED);
         // The scaler throws only ScaleError: an invalid directive (502 as invalid) or an unreadable source.
         ctx.fail(err);
       }
     },
   };
 }
+
+/** The outcome of an instruction that could not be followed: an error answer. */
+const FAILED: ScaleOutcomeName = 'failed';
 
 const OUTCOME_FIELDS = ['subsystem', 'width', 'contentType', 'outcome', 'durationMs', 'bytesWritten', 'originalBytes'];
 
@@ -137,7 +137,7 @@ function logOutcome(
   ctx: InterceptContext,
   line: DirectLine | undefined,
   directive: ScaleDirective,
-  outcome: 'not-modified' | 'cache-hit' | 'coalesced' | 'scaled',
+  outcome: Exclude<ScaleOutcomeName, 'served-original' | 'failed'>,
   durationMs: number,
   sizes?: { bytesWritten: number; originalBytes: number },
 ): void {

@@ -1,15 +1,23 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { collectDefaultMetrics, Gauge, type Metric, Registry } from 'prom-client';
+import { collectDefaultMetrics, Gauge, Registry } from 'prom-client';
 import { injecterName, SCALED_IMG_PREFIX, SEND_URL_PREFIX } from '../../../protocol/send-data.js';
+import { IMAGE_RESIZE_STATUS, SCALE_OUTCOMES, type ScaleOutcomeName } from '../../../scaler/outcomes.js';
+import {
+  type AnyFamily,
+  type CounterChild,
+  CounterFamily,
+  type HistogramChild,
+  HistogramFamily,
+  lookup,
+  registerFamily,
+} from './families.js';
 
 /**
- * `image_resize_requests_total{status}` values, all exported from the start at 0: Workhorse's
- * names, and `cache-hit` for a scaled image served from the cache (no sharp job). A new status is
- * one more entry here.
+ * `image_resize_requests_total{status}` values, all exported from the start at 0: the statuses of
+ * the scaler's outcomes (`scaler/outcomes.ts`), once each, in the order of its table.
  */
-export const IMAGE_RESIZE_STATUSES = ['success', 'success-client-cache', 'served-original', 'request-failed', 'cache-hit'] as const;
-export type ImageResizeStatus = (typeof IMAGE_RESIZE_STATUSES)[number];
+const IMAGE_RESIZE_STATUSES = [...new Set(Object.values(IMAGE_RESIZE_STATUS))];
 
 /** `upload_requests_total{outcome}` and `upload_bytes_total{outcome}` values. */
 export const UPLOAD_OUTCOMES = ['stored', 'refused', 'failed'] as const;
@@ -54,7 +62,8 @@ export interface Metrics {
    * `Measure` returned.
    */
   begin(req: IncomingMessage, res: ServerResponse, route?: string): Measure;
-  imageResize(status: ImageResizeStatus): void;
+  /** One scaled-image request, counted under its outcome's status (`IMAGE_RESIZE_STATUS`). */
+  imageResize(outcome: ScaleOutcomeName): void;
   /** Time spent on a scaled image or a 304 for one, by the image's type and the width asked for. */
   imageResizeDuration(contentType: string, width: number, seconds: number): void;
   /** All scaling slots were busy: the original was served. */
@@ -69,147 +78,6 @@ export interface Measure {
   route(route: string): void;
   /** The backend's response was taken over by this interceptor: counted by send-data injecter or as X-Sendfile. */
   intercepted(interceptor: string): void;
-}
-
-type Labels = Record<string, string>;
-
-/** The value at `key`, made and stored on first use. */
-function lookup<K, V>(map: Map<K, V>, key: K, make: () => V): V {
-  let value = map.get(key);
-  if (value === undefined) {
-    value = make();
-    map.set(key, value);
-  }
-  return value;
-}
-
-/** A sample as prom-client's Registry reads it from a metric's `get()`. */
-interface Sample {
-  labels: Labels;
-  value: number;
-  metricName?: string;
-}
-
-class CounterChild {
-  value = 0;
-  readonly labels: Labels;
-  constructor(labels: Labels) {
-    this.labels = labels;
-  }
-  inc(by = 1): void {
-    this.value += by;
-  }
-}
-
-class HistogramChild {
-  /** Per bucket (not cumulative), the last one is +Inf. */
-  readonly counts: Float64Array;
-  sum = 0;
-  count = 0;
-  readonly labels: Labels;
-  private readonly bounds: readonly number[];
-  constructor(labels: Labels, bounds: readonly number[]) {
-    this.labels = labels;
-    this.bounds = bounds;
-    this.counts = new Float64Array(bounds.length + 1);
-  }
-  observe(value: number): void {
-    const bounds = this.bounds;
-    let i = 0;
-    while (i < bounds.length && value > (bounds[i] as number)) i++;
-    this.counts[i] = (this.counts[i] as number) + 1;
-    this.sum += value;
-    this.count++;
-  }
-}
-
-/**
- * A counter or histogram family whose children are plain objects updated in place (prom-client's
- * own `labels()` children hash their labels on every call: about 2 µs per proxied request for the
- * four HTTP families, against 0.05 µs here). It implements what prom-client's Registry reads from
- * a metric (`name`, `help`, `type`, `get()`, `reset()`), so exposition, escaping and content
- * negotiation stay prom-client's.
- */
-abstract class Family<C extends CounterChild | HistogramChild> {
-  readonly name: string;
-  readonly help: string;
-  readonly aggregator = 'sum';
-  abstract readonly type: 'counter' | 'histogram';
-  protected readonly children = new Map<string, C>();
-  private readonly labelNames: readonly string[];
-
-  constructor(name: string, help: string, labelNames: readonly string[]) {
-    this.name = name;
-    this.help = help;
-    this.labelNames = labelNames;
-  }
-
-  protected abstract make(labels: Labels): C;
-
-  /** The child for these label values (in `labelNames` order), made on first use. Callers keep it. */
-  child(...values: string[]): C {
-    const key = values.join('\u0000');
-    let child = this.children.get(key);
-    if (child === undefined) {
-      const labels: Labels = {};
-      this.labelNames.forEach((name, i) => {
-        labels[name] = values[i] as string;
-      });
-      child = this.make(labels);
-      this.children.set(key, child);
-    }
-    return child;
-  }
-
-  /** Series exported, for tests of label cardinality. */
-  get size(): number {
-    return this.children.size;
-  }
-
-  reset(): void {
-    this.children.clear();
-  }
-
-  abstract get(): Promise<{ name: string; help: string; type: string; values: Sample[]; aggregator: string }>;
-}
-
-class CounterFamily extends Family<CounterChild> {
-  readonly type = 'counter';
-  protected make(labels: Labels): CounterChild {
-    return new CounterChild(labels);
-  }
-  async get() {
-    const values: Sample[] = [];
-    for (const child of this.children.values()) values.push({ labels: child.labels, value: child.value });
-    return { name: this.name, help: this.help, type: this.type, values, aggregator: this.aggregator };
-  }
-}
-
-class HistogramFamily extends Family<HistogramChild> {
-  readonly type = 'histogram';
-  private readonly bounds: readonly number[];
-  constructor(name: string, help: string, labelNames: readonly string[], bounds: readonly number[]) {
-    super(name, help, labelNames);
-    this.bounds = bounds;
-  }
-  protected make(labels: Labels): HistogramChild {
-    return new HistogramChild(labels, this.bounds);
-  }
-  async get() {
-    const values: Sample[] = [];
-    const bucket = `${this.name}_bucket`;
-    for (const child of this.children.values()) {
-      let cumulative = 0;
-      for (let i = 0; i < this.bounds.length; i++) {
-        cumulative += child.counts[i] as number;
-        values.push({ labels: { ...child.labels, le: String(this.bounds[i]) }, value: cumulative, metricName: bucket });
-      }
-      values.push({ labels: { ...child.labels, le: '+Inf' }, value: child.count, metricName: bucket });
-      values.push({ labels: child.labels, value: child.sum, metricName: `${this.name}_sum` });
-      values.push({ labels: child.labels, value: child.count, metricName: `${this.name}_count` });
-    }
-    return { name: this.name, help: this.help, type: this.type, values, aggregator: this.aggregator };
-  }
 }
 
 /** The four HTTP families' children for one route, method and status, resolved once. */
@@ -235,12 +103,7 @@ function bytesReadFor(socket: Socket | null | undefined, marks: WeakMap<Socket, 
 export function createMetrics(opts: MetricsOptions): Metrics {
   const registry = new Registry();
   const ns = opts.namespace;
-  const register = <T extends Family<CounterChild> | Family<HistogramChild>>(family: T): T => {
-    // prom-client reads a metric through `name`, `help`, `type`, `get()` and `reset()` only; its
-    // TypeScript union names its own classes.
-    registry.registerMetric(family as unknown as Metric);
-    return family;
-  };
+  const register = <T extends AnyFamily>(family: T): T => registerFamily(registry, family);
   const httpLabels = ['code', 'method', 'route'];
   const requests = register(new CounterFamily(`${ns}_http_requests_total`, 'How many HTTP requests Outrider has handled.', httpLabels));
   const duration = register(
@@ -275,7 +138,8 @@ export function createMetrics(opts: MetricsOptions): Metrics {
   const resizeRequests = register(
     new CounterFamily(`${ns}_image_resize_requests_total`, 'Scaled-image requests (send-scaled-img) by outcome.', ['status']),
   );
-  const resizeByStatus = new Map<string, CounterChild>(IMAGE_RESIZE_STATUSES.map((s) => [s, resizeRequests.child(s)]));
+  for (const status of IMAGE_RESIZE_STATUSES) resizeRequests.child(status);
+  const resizeByOutcome = new Map<string, CounterChild>(SCALE_OUTCOMES.map((o) => [o, resizeRequests.child(IMAGE_RESIZE_STATUS[o])]));
   const resizeDuration = register(
     new HistogramFamily(
       `${ns}_image_resize_duration_seconds`,
@@ -409,8 +273,8 @@ export function createMetrics(opts: MetricsOptions): Metrics {
       inFlight++;
       return new RequestMeasure(req, res, route, routeLabels, finish);
     },
-    imageResize(status) {
-      resizeByStatus.get(status)?.inc();
+    imageResize(outcome) {
+      resizeByOutcome.get(outcome)?.inc();
     },
     imageResizeDuration(contentType, width, seconds) {
       // The type comes from the backend's instruction: anything but the two scaled formats is one value.
