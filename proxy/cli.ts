@@ -1,13 +1,12 @@
 #!/usr/bin/env -S node --max-semi-space-size=4
-import { unlinkSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../config/errors.js';
 import { type ConfigOverride, loadConfig, loadConfigFile } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { PIPE_BUF } from './observe/log/destination.js';
 import { createLogger } from './observe/log/logger.js';
-import { ListenError } from './observe/metrics/server.js';
 import { announceFailing, announceReady, onShutdownRequest, runPrimary, type WorkerSetup, workerSetup } from './runtime/cluster.js';
+import { boundAddress, describeAddr, ListenError, removeStaleSocket } from './runtime/listen.js';
 import { checkStartFiles } from './runtime/start-files.js';
 import { VERSION } from './runtime/version.js';
 
@@ -128,7 +127,7 @@ async function serve(config: Config, worker: WorkerSetup | undefined): Promise<v
   let signals = 0;
   /** The exit code once stopped: 1 after an uncaught exception, so a supervisor sees the failure. */
   let stopCode = 0;
-  // A request's own callbacks end only that request (proxy/guard.ts). What still escapes may have
+  // A request's own callbacks end only that request (endOnFault, proxy/errors.ts). What still escapes may have
   // left this process in any state: it takes no new connections, finishes the requests it has
   // (with shutdown_timeout as the bound) and exits 1. A cluster worker's primary starts its
   // replacement at once, so no request is refused meanwhile; a single process is restarted by
@@ -207,13 +206,7 @@ async function serve(config: Config, worker: WorkerSetup | undefined): Promise<v
   try {
     if (addr.kind === 'unix') {
       // The primary removes a stale socket once: a worker doing it would delete the live one.
-      if (worker === undefined) {
-        try {
-          unlinkSync(addr.path);
-        } catch {
-          // no stale socket
-        }
-      }
+      if (worker === undefined) removeStaleSocket(addr.path);
       await app.listen({ path: addr.path });
     } else {
       await app.listen({ host: addr.host, port: addr.port });
@@ -221,9 +214,7 @@ async function serve(config: Config, worker: WorkerSetup | undefined): Promise<v
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     const message =
-      err instanceof ListenError
-        ? err.message
-        : `cannot listen on ${addr.kind === 'unix' ? addr.path : `${addr.host}:${addr.port}`}: ${e.message}`;
+      err instanceof ListenError ? err.message : `cannot listen on ${addr.kind === 'unix' ? addr.path : describeAddr(addr)}: ${e.message}`;
     logger.fatal({ code: e.code }, message);
     // The metrics listener may be open already: close everything, or the process would stay up.
     await app.close().catch(() => undefined);
@@ -233,13 +224,7 @@ async function serve(config: Config, worker: WorkerSetup | undefined): Promise<v
     process.exitCode = 1;
     return;
   }
-  const bound = app.server.address();
-  const listening =
-    typeof bound === 'string'
-      ? `unix:${bound}`
-      : bound === null
-        ? ''
-        : `${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}`;
+  const listening = boundAddress(app.server.address()) ?? '';
   ready = true;
   if (worker !== undefined) {
     // The primary logs "outrider ready" once every worker is listening.

@@ -10,7 +10,6 @@ import { setErrorHandler } from './errors.js';
 import { createForwarder } from './forward/forwarder.js';
 import { REQUEST_ID } from './forward/headers.js';
 import { createUpstream } from './forward/upstream.js';
-
 import { createImageSource } from './intercept/image-source.js';
 import { createInterceptors } from './intercept/index.js';
 import type { Interceptor } from './intercept/types.js';
@@ -23,8 +22,7 @@ import { createFastPath, createPipeline, pipelinePlugin } from './pipeline.js';
 import { createErrorPages } from './routes/error-pages.js';
 import { createHealth, healthPlugin } from './routes/health.js';
 import { staticPlugin } from './routes/static.js';
-import { loadSecret } from './runtime/secret.js';
-import { checkDocumentRoot } from './runtime/start-files.js';
+import { checkDocumentRoot, loadSecret } from './runtime/start-files.js';
 import { VERSION } from './runtime/version.js';
 import { createUploads } from './upload/index.js';
 

@@ -27,7 +27,7 @@ import {
 } from '../../backend/index.js';
 import { ConfigError } from '../../config/errors.js';
 import { decodeSendData } from '../../protocol/send-data.js';
-import { loadSecret as outriderLoadSecret } from '../../proxy/runtime/secret.js';
+import { loadSecret as outriderLoadSecret } from '../../proxy/runtime/start-files.js';
 import { parseAuthorization } from '../../proxy/upload/authorize.js';
 import { startProxy } from '../helpers/app.js';
 import { startBackend } from '../helpers/backend.js';
@@ -310,7 +310,7 @@ describe('sendScaledImage, sendFile, sendUrl', () => {
   });
 });
 
-/** The fields Outrider sends for one stored file (proxy/upload.ts `fileFields`), signed with `key`. */
+/** The fields Outrider sends for one stored file (proxy/upload/rewrite.ts `fileFields`), signed with `key`. */
 function uploadFields(field: string, upload: Record<string, string>, key = SECRET): [string, string][] {
   return [
     ...Object.entries(upload).map(([k, v]): [string, string] => [`${field}.${k}`, v]),

@@ -1,22 +1,10 @@
-import { unlinkSync } from 'node:fs';
 import { createServer, type ServerResponse } from 'node:http';
 import type { FastifyBaseLogger } from 'fastify';
 import type { ListenAddr } from '../../../config/schema.js';
 import type { Health } from '../../routes/health.js';
+import { boundAddress, describeAddr, ListenError, removeStaleSocket } from '../../runtime/listen.js';
 
 export const METRICS_PATH = '/metrics';
-
-/** A listener that could not be opened; `where` names it for the operator. */
-export class ListenError extends Error {
-  override name = 'ListenError';
-  readonly where: string;
-  readonly code: string | undefined;
-  constructor(where: string, cause: NodeJS.ErrnoException) {
-    super(`cannot listen on ${where}: ${cause.message}`, { cause });
-    this.where = where;
-    this.code = cause.code;
-  }
-}
 
 /** What `/metrics` answers: a prom-client `Registry`, or the cluster primary's sum over its workers. */
 export interface MetricsSource {
@@ -78,18 +66,12 @@ export function createMetricsServer(opts: MetricsServerOptions): MetricsServer {
     );
   });
   server.keepAliveTimeout = 75_000;
-  const where = opts.addr.kind === 'unix' ? `unix:${opts.addr.path}` : `${opts.addr.host}:${opts.addr.port}`;
+  const where = describeAddr(opts.addr);
 
   return {
     listen() {
       const addr = opts.addr;
-      if (addr.kind === 'unix') {
-        try {
-          unlinkSync(addr.path);
-        } catch {
-          // no stale socket
-        }
-      }
+      if (addr.kind === 'unix') removeStaleSocket(addr.path);
       return new Promise((resolve, reject) => {
         const onError = (err: NodeJS.ErrnoException) => reject(new ListenError(`prometheus_listen_addr ${where}`, err));
         server.once('error', onError);
@@ -110,10 +92,7 @@ export function createMetricsServer(opts: MetricsServerOptions): MetricsServer {
       });
     },
     address() {
-      const bound = server.address();
-      if (bound === null) return undefined;
-      if (typeof bound === 'string') return `unix:${bound}`;
-      return bound.family === 'IPv6' ? `[${bound.address}]:${bound.port}` : `${bound.address}:${bound.port}`;
+      return boundAddress(server.address());
     },
   };
 }
