@@ -17,6 +17,13 @@ export const EdgeUpstreamInvalidResponse = createError(
 );
 export const EdgeUpstreamInternalApi = createError('EDGE_UPSTREAM_INTERNAL_API', 'Internal Server Error', 500);
 export const EdgeRequestInvalid = createError<[string, { cause: unknown }?]>('EDGE_REQUEST_INVALID', 'Bad Request: %s', 400);
+export const EdgeRequestMalformed = createError('EDGE_REQUEST_MALFORMED', 'Bad Request: the request is not valid HTTP', 400);
+export const EdgeHeadersTimeout = createError('EDGE_HEADERS_TIMEOUT', 'Request Timeout: the request headers did not arrive in time', 408);
+export const EdgeHeadersTooLarge = createError(
+  'EDGE_HEADERS_TOO_LARGE',
+  'Request Header Fields Too Large: the request headers are too large',
+  431,
+);
 export const EdgeSendfileMissing = createError('EDGE_SENDFILE_MISSING', 'Not Found', 404);
 export const EdgeDirectiveInvalid = createError('EDGE_DIRECTIVE_INVALID', 'Bad Gateway: the backend sent an invalid instruction', 502);
 export const EdgeSourceUnavailable = createError('EDGE_SOURCE_UNAVAILABLE', 'Bad Gateway: the requested content is not available', 502);
@@ -38,8 +45,11 @@ const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT'
 /** undici refused what it was asked to send: for the backend, headers the client sent. */
 const REFUSED_CODES = new Set(['UND_ERR_INVALID_ARG', 'UND_ERR_NOT_SUPPORTED']);
 
-/** Whom a failed exchange was with: the backend, or a third-party origin (send-url, object storage). */
-export type Peer = 'backend' | 'origin';
+/**
+ * Whom a failed exchange was with: the client (what Node's parser could not read), the backend,
+ * or a third-party origin (send-url, object storage).
+ */
+export type Peer = 'client' | 'backend' | 'origin';
 
 /**
  * The one switch from an internal failure to the catalogue error a client sees. Layers below the
@@ -71,6 +81,11 @@ export function toEdgeError(err: unknown, peer: Peer = 'backend'): FastifyError 
   if (isCatalogued(err)) return err;
   const e = err as { code?: string; cause?: { code?: string } } | null;
   const code = e?.cause?.code ?? e?.code ?? '';
+  if (peer === 'client') {
+    if (code === 'HPE_HEADER_OVERFLOW') return new EdgeHeadersTooLarge({ cause: err });
+    if (code === 'ERR_HTTP_REQUEST_TIMEOUT') return new EdgeHeadersTimeout({ cause: err });
+    return new EdgeRequestMalformed({ cause: err });
+  }
   if (TIMEOUT_CODES.has(code)) return new EdgeUpstreamTimeout({ cause: err });
   if (peer === 'origin') return new EdgeSourceUnavailable({ cause: err });
   if (REFUSED_CODES.has(code)) return new EdgeRequestInvalid('the request headers cannot be forwarded', { cause: err });
@@ -83,6 +98,9 @@ const CATALOGUE = [
   EdgeUpstreamInvalidResponse,
   EdgeUpstreamInternalApi,
   EdgeRequestInvalid,
+  EdgeRequestMalformed,
+  EdgeHeadersTimeout,
+  EdgeHeadersTooLarge,
   EdgeSendfileMissing,
   EdgeDirectiveInvalid,
   EdgeSourceUnavailable,

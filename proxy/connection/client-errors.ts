@@ -2,15 +2,10 @@ import type { ServerResponse } from 'node:http';
 import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
 import type { FastifyBaseLogger } from 'fastify';
+import { toEdgeError } from '../errors.js';
 
 /** Connections already handled: Node's parser stays broken and reports every later segment again. */
 const handled = new WeakSet<Socket>();
-
-const BODIES: Record<number, string> = {
-  400: 'Bad Request: the request is not valid HTTP\n',
-  408: 'Request Timeout: the request headers did not arrive in time\n',
-  431: 'Request Header Fields Too Large: the request headers are too large\n',
-};
 
 /**
  * What Node's parser could not read on a client connection (bad syntax, smuggling attempts, headers
@@ -45,8 +40,10 @@ export function onClientError(this: { log: FastifyBaseLogger }, err: NodeJS.Errn
       return;
     }
   }
-  const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
-  const body = BODIES[status] as string;
+  // No response exists to answer on: the catalogue error is written on the socket as it is.
+  const edge = toEdgeError(err, 'client');
+  const status = edge.statusCode ?? 400;
+  const body = `${edge.message}\n`;
   if (socket.writable) {
     socket.write(
       `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
