@@ -4,9 +4,8 @@ import type { Socket } from 'node:net';
 /** How long a connection answered before its request body arrived is kept reading after the answer. */
 export const LINGER_MS = 5_000;
 
-/** The request whose answer closes the connection: what it still sends is read and dropped. */
-const kLingering = Symbol('outrider.lingering');
-type LingeringSocket = Socket & { [kLingering]?: IncomingMessage };
+/** Sockets closing gently, with the request whose answer closes them: what it still sends is read and dropped. */
+const lingering = new WeakMap<Socket, IncomingMessage>();
 
 /**
  * True while `req` declared a body (a Content-Length other than 0, or Transfer-Encoding) that has
@@ -32,17 +31,17 @@ export function bodyUnread(req: IncomingMessage): boolean {
  */
 export function closeAfterAnswer(res: ServerResponse): void {
   res.shouldKeepAlive = false;
-  const socket = res.socket as LingeringSocket | null;
-  if (socket === null || socket[kLingering] !== undefined || socket.destroyed) return;
-  socket[kLingering] = res.req;
+  const socket = res.socket;
+  if (socket === null || lingering.has(socket) || socket.destroyed) return;
+  lingering.set(socket, res.req);
   socket.destroySoon = lingeringClose;
 }
 
-function lingeringClose(this: LingeringSocket): void {
+function lingeringClose(this: Socket): void {
   if (this.writable) this.end();
   // The request may have been left paused (a store that failed stopped reading it): its parser
   // would stop reading the socket too, and the client's FIN would never be seen. Dropped from now on.
-  const req = this[kLingering];
+  const req = lingering.get(this);
   if (req !== undefined && !req.destroyed) {
     req.unpipe();
     req.resume();
