@@ -3,7 +3,7 @@ import { createLogger } from '../proxy/observe/log/logger.js';
 
 /**
  * `npm run bench:log`: CPU per access-log line in this process, to /dev/null through Outrider's
- * own destination (log-destination.ts): the line written directly (access-log.ts) against pino's
+ * own destination (proxy/observe/log/destination.ts): the line written directly (proxy/observe/log/access-line.ts) against pino's
  * generic `log.info` of the same fields. Microseconds per line, median of 5 rounds.
  */
 const log = createLogger({ logLevel: 'info' }, '/dev/null');
