@@ -1,8 +1,10 @@
+import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { FastifyBaseLogger, FastifyPluginCallback } from 'fastify';
 import { endOnFault } from './errors.js';
 import { Exchange } from './forward/exchange.js';
 import type { Forwarder } from './forward/forwarder.js';
+import { REQUEST_ID } from './forward/headers.js';
 import type { Metrics } from './observe/metrics/catalogue.js';
 import type { ErrorPages } from './routes/error-pages.js';
 
@@ -22,6 +24,18 @@ export type Pipeline = (req: IncomingMessage, res: ServerResponse, requestId: st
 export function createPipeline(stages: { metrics: Metrics | undefined; uploads: Forwarder }): Pipeline {
   const { metrics, uploads } = stages;
   return (req, res, requestId) => uploads(new Exchange(req, res, requestId, metrics?.begin(req, res)));
+}
+
+/** A client-sent request id is reused only if it is short, printable ASCII (it lands in logs and headers). */
+const SAFE_REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
+
+/** Each request's id: a new UUID, or with `propagate_correlation_id` the client's safe `X-Request-Id`. */
+export function requestIds(propagate: boolean): (req: IncomingMessage) => string {
+  if (!propagate) return () => randomUUID();
+  return (req) => {
+    const id = req.headers[REQUEST_ID];
+    return typeof id === 'string' && SAFE_REQUEST_ID.test(id) ? id : randomUUID();
+  };
 }
 
 /**

@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type RequestListener, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
@@ -8,7 +7,6 @@ import { onClientError } from './connection/client-errors.js';
 import { createStallWatch } from './connection/stall-watch.js';
 import { setErrorHandler } from './errors.js';
 import { createForwarder } from './forward/forwarder.js';
-import { REQUEST_ID } from './forward/headers.js';
 import { createUpstream } from './forward/upstream.js';
 import { createImageSource } from './intercept/image-source.js';
 import { createInterceptors } from './intercept/index.js';
@@ -18,7 +16,7 @@ import { createMetrics } from './observe/metrics/catalogue.js';
 import { answerMetricsRequests } from './observe/metrics/cluster.js';
 import { createMetricsServer, type MetricsServer } from './observe/metrics/server.js';
 import { createOutbound } from './outbound/client.js';
-import { createFastPath, createPipeline, pipelinePlugin } from './pipeline.js';
+import { createFastPath, createPipeline, pipelinePlugin, requestIds } from './pipeline.js';
 import { createErrorPages } from './routes/error-pages.js';
 import { createHealth, healthPlugin } from './routes/health.js';
 import { staticPlugin } from './routes/static.js';
@@ -53,17 +51,9 @@ declare module 'fastify' {
   }
 }
 
-/** A client-sent request id is reused only if it is short, printable ASCII (it lands in logs and headers). */
-const SAFE_REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
-
 /** Builds the proxy: branches registered, nothing listening yet. */
 export function buildServer(config: Config, opts: BuildServerOptions = {}): FastifyInstance {
-  const genReqId = config.propagateCorrelationId
-    ? (req: IncomingMessage) => {
-        const id = req.headers[REQUEST_ID];
-        return typeof id === 'string' && SAFE_REQUEST_ID.test(id) ? id : randomUUID();
-      }
-    : () => randomUUID();
+  const genReqId = requestIds(config.propagateCorrelationId);
 
   // Set once the routes are known; until then every request takes fastify's path.
   let fastPath: ((req: IncomingMessage, res: ServerResponse) => boolean) | undefined;
