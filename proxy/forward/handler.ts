@@ -349,7 +349,8 @@ class InterceptCall implements InterceptContext {
   }
 
   fail(err: unknown): void {
-    writeError(this.res, toEdgeError(err), this.handler.opts.errorPages);
+    // What an interceptor fails on is its source (a file, an origin URL, an image), not the backend.
+    writeError(this.res, toEdgeError(err, 'origin'), this.handler.opts.errorPages);
   }
 
   get log(): FastifyBaseLogger {

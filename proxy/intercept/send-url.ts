@@ -1,7 +1,6 @@
 import { type ServerResponse, STATUS_CODES } from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import { DirectiveError, decodeSendData, SEND_URL_PREFIX } from '../../protocol/send-data.js';
-import { toEdgeError } from '../errors.js';
 import { HOP_BY_HOP, SEND_DATA } from '../forward/headers.js';
 import type { Outbound } from '../outbound/client.js';
 import type { Interceptor } from './types.js';
@@ -56,7 +55,7 @@ export function createSendUrl(outbound: Outbound): Interceptor {
       } catch (err) {
         if (ctx.clientGone) return;
         log.warn({ err, subsystem: 'send-url', url: redact(url), status: 'request-failed' }, 'send-url request failed');
-        ctx.fail(toEdgeError(err, 'origin'));
+        ctx.fail(err);
         return;
       }
 

@@ -39,9 +39,11 @@ export interface InterceptContext {
   /** Aborted when `clientGone` becomes true; made when first read. */
   readonly signal: AbortSignal;
   /**
-   * Answers the client with the catalogue error for `err` (`proxy/errors.ts` maps typed errors;
-   * a catalogue error is sent as it is), with `document_root`'s error page for a 5xx when there is
-   * one; cuts the connection when the answer has already begun. Never throws.
+   * Answers the client with the catalogue error for `err`: a catalogue error is sent as it is,
+   * typed errors are mapped by `toEdgeError` in `proxy/errors.ts`, and anything else counts as the
+   * interceptor's source failing (502, or 504 when it accepted the request and did not answer in
+   * time). `document_root`'s error page replaces a 5xx when there is one; the connection is cut
+   * when the answer has already begun. Never throws.
    */
   fail(err: unknown): void;
 }
