@@ -70,7 +70,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
 
   const app = Fastify({
     loggerInstance: opts.logger === false ? undefined : (opts.logger ?? createLogger(config)),
-    // One access-log line per request is written by the forward branch instead of fastify's two.
+    // One access-log line per request is written by the pipeline (forward/handler.ts, or upload/ for an upload it answers) instead of fastify's two.
     logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'requestId' }),
     genReqId,
     return503OnClosing: true,

@@ -1,11 +1,11 @@
 import cluster, { type Worker } from 'node:cluster';
-import { unlinkSync } from 'node:fs';
 import { deserialize, serialize } from 'node:v8';
 import type { Logger } from 'pino';
 import type { Config } from '../../config/schema.js';
 import { createClusterMetrics } from '../observe/metrics/cluster.js';
 import { createMetricsServer, type MetricsServer } from '../observe/metrics/server.js';
 import { createHealth } from '../routes/health.js';
+import { removeStaleSocket } from './listen.js';
 import { VERSION } from './version.js';
 
 /** Set on forked workers: the primary's validated `Config`, v8-serialized (RegExps survive), base64. */
@@ -102,13 +102,7 @@ export async function runPrimary(config: Config, logger: Logger): Promise<void> 
   const exit = (code: number) => logger.flush(() => process.exit(code));
 
   // The primary holds the shared socket: a stale socket file is removed here once, never by a worker.
-  if (addr.kind === 'unix') {
-    try {
-      unlinkSync(addr.path);
-    } catch {
-      // no stale socket
-    }
-  }
+  if (addr.kind === 'unix') removeStaleSocket(addr.path);
 
   const clusterMetrics = config.prometheusListenAddr === undefined ? undefined : createClusterMetrics(alive);
   const health = config.healthOnMetricsListener

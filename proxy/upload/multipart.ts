@@ -38,8 +38,8 @@ export function baseName(filename: string): string {
 /**
  * Reads the multipart body part by part with busboy: each file is stored as it streams in (busboy
  * waits while a file is written, so memory stays flat), fields are kept in order. Resolves once
- * the body ended and every file is stored; rejects with a StoreError (400/413) for a malformed or
- * refused body, and when the client goes away.
+ * the body ended and every file is stored; rejects with a StoreError ('invalid' or 'too-large')
+ * for a malformed or refused body, and when the client goes away.
  */
 export function readMultipart(
   req: IncomingMessage,

@@ -7,7 +7,7 @@ export const LOG_REDACT = ['req.headers.authorization', 'req.headers.cookie', 'h
 /**
  * The process logger: JSON lines on stdout, `authorization` and `cookie` headers redacted.
  * Lines are copied into one buffer and written every 5 ms, many in one system call
- * (log-destination.ts); whatever is pending is written on exit.
+ * (destination.ts); whatever is pending is written on exit.
  */
 export function createLogger(config: Pick<Config, 'logLevel'>, dest: number | string = 1, opts: BatchedDestinationOptions = {}): Logger {
   const destination = createBatchedDestination(dest, opts);

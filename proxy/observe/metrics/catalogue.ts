@@ -49,9 +49,9 @@ export interface MetricsOptions {
 }
 
 /**
- * What Outrider measures, recorded where it happens. Every call is a few additions on numbers that
- * already exist: label children are made once per label combination and kept, and prom-client reads
- * them only when Prometheus scrapes. Built only when `prometheus_listen_addr` is set; callers hold
+ * What Outrider measures, recorded where it happens. `begin` makes one small `Measure` per request;
+ * every other call is a few additions on numbers that already exist: label children are made once
+ * per label combination and kept, and prom-client reads them only when Prometheus scrapes. Built only when `prometheus_listen_addr` is set; callers hold
  * `Metrics | undefined` and measure nothing otherwise.
  */
 export interface Metrics {

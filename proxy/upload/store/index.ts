@@ -32,7 +32,7 @@ async function store(input: Readable, opts: StoreOptions): Promise<StoredFile> {
     if (dest.kind === 'local') path = await writeLocal(input, meter, dest.dir, opts);
     else await putRemote(input, meter, dest, opts);
   } catch (err) {
-    // A 413 raised while the bytes were being sent surfaces as the sender's error: the cause wins.
+    // A 'too-large' raised while the bytes were being sent surfaces as the sender's error: the cause wins.
     fail(meter.errored instanceof StoreError ? meter.errored : err);
   }
   if (opts.size !== undefined && meter.size !== opts.size) {
@@ -56,7 +56,7 @@ async function putRemote(input: Readable, meter: Meter, dest: RemoteDestination,
   const signal = AbortSignal.any([opts.signal, AbortSignal.timeout(dest.timeoutMs)]);
   if (dest.deleteUrl !== undefined) opts.stash.remoteObject(dest.deleteUrl);
   // The metered stream is what is sent: the input's errors reach it, the client leaving or the
-  // timeout ends it, and its own errors (a 413) surface through whoever reads it.
+  // timeout ends it, and its own errors ('too-large') surface through whoever reads it.
   meter.on('error', () => undefined);
   addAbortSignal(signal, meter);
   const stop = feed(input, meter);

@@ -5,8 +5,8 @@ import { StoreError } from './errors.js';
 
 /**
  * Counts and hashes the bytes going through in the same pass (md5, sha1, sha256, sha512, or the
- * backend's `UploadHashFunctions`), and fails with a 413 past `maxSize` (0: no limit): the file is
- * refused as soon as it is too large, never after it was stored whole.
+ * backend's `UploadHashFunctions`), and fails with `StoreError('too-large')` past `maxSize` (0: no
+ * limit): the file is refused as soon as it is too large, never after it was stored whole.
  */
 export class Meter extends Transform {
   size = 0;
@@ -36,7 +36,7 @@ export class Meter extends Transform {
 
 /**
  * Pipes `input` into `meter` without tying their fates: the input's failure or premature end
- * fails the meter, but a store that fails (a 413 past MaximumSize) leaves the input as it is. The
+ * fails the meter, but a store that fails (too large past MaximumSize) leaves the input as it is. The
  * input may be the client's request itself (a body upload): destroying it would close the
  * connection before the client is answered. Returns a function that detaches the two.
  */
