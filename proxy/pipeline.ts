@@ -21,9 +21,24 @@ import type { ErrorPages } from './routes/error-pages.js';
  */
 export type Pipeline = (req: IncomingMessage, res: ServerResponse, requestId: string) => void;
 
-export function createPipeline(stages: { metrics: Metrics | undefined; uploads: Forwarder }): Pipeline {
-  const { metrics, uploads } = stages;
-  return (req, res, requestId) => uploads(new Exchange(req, res, requestId, metrics?.begin(req, res)));
+/**
+ * The pipeline never throws: a stage that throws synchronously ends its own request (500, or a
+ * cut once the answer began), logged with the request id, and no other (`endOnFault`).
+ */
+export function createPipeline(stages: {
+  metrics: Metrics | undefined;
+  uploads: Forwarder;
+  log: FastifyBaseLogger;
+  pages: ErrorPages | undefined;
+}): Pipeline {
+  const { metrics, uploads, log, pages } = stages;
+  return (req, res, requestId) => {
+    try {
+      uploads(new Exchange(req, res, requestId, metrics?.begin(req, res)));
+    } catch (err) {
+      endOnFault(log, requestId, res, err, 'request', pages);
+    }
+  };
 }
 
 /** A client-sent request id is reused only if it is short, printable ASCII (it lands in logs and headers). */
@@ -43,11 +58,7 @@ export function requestIds(propagate: boolean): (req: IncomingMessage) => string
  * the pipeline here. Bodies are never parsed: the content-type parsers are replaced by one that
  * leaves the stream untouched.
  */
-export const pipelinePlugin: FastifyPluginCallback<{ pipeline: Pipeline; log: FastifyBaseLogger; pages: ErrorPages | undefined }> = (
-  app,
-  opts,
-  done,
-) => {
+export const pipelinePlugin: FastifyPluginCallback<{ pipeline: Pipeline }> = (app, opts, done) => {
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (_request, _payload, next) => next(null));
   app.route({
@@ -55,11 +66,7 @@ export const pipelinePlugin: FastifyPluginCallback<{ pipeline: Pipeline; log: Fa
     url: '*',
     handler(request, reply) {
       reply.hijack();
-      try {
-        opts.pipeline(request.raw, reply.raw, request.id);
-      } catch (err) {
-        endOnFault(opts.log, request.id, reply.raw, err, 'request', opts.pages);
-      }
+      opts.pipeline(request.raw, reply.raw, request.id);
     },
   });
   done();
@@ -77,8 +84,6 @@ export function createFastPath(
   pipeline: Pipeline,
   genReqId: (req: IncomingMessage) => string,
   ownPrefixes: string[],
-  log: FastifyBaseLogger,
-  pages: ErrorPages | undefined,
 ): (req: IncomingMessage, res: ServerResponse) => boolean {
   // Outrider's own paths share a leading part ("/-/"): most requests are told apart by it alone.
   const shared = ownPrefixes.reduce((common, prefix) => {
@@ -89,12 +94,7 @@ export function createFastPath(
   return (req, res) => {
     const url = req.url as string;
     if (url.startsWith(shared)) for (const prefix of ownPrefixes) if (url.startsWith(prefix)) return false;
-    const requestId = genReqId(req);
-    try {
-      pipeline(req, res, requestId);
-    } catch (err) {
-      endOnFault(log, requestId, res, err, 'request', pages);
-    }
+    pipeline(req, res, genReqId(req));
     return true;
   };
 }

@@ -146,8 +146,8 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     stallWatch,
   });
   // Every proxied request enters here, by the fast path or the catch-all route alike.
-  const pipeline = createPipeline({ metrics, uploads });
-  app.register(pipelinePlugin, { pipeline, log: app.log, pages: errorPages });
+  const pipeline = createPipeline({ metrics, uploads, log: app.log, pages: errorPages });
+  app.register(pipelinePlugin, { pipeline });
 
   const health = createHealth({ config, isClosing: () => closing, log: app.log });
   if (!config.healthOnMetricsListener) app.register(healthPlugin, { health, metrics });
@@ -182,7 +182,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     if (route.url !== '*') ownPrefixes.push(route.url.split(/[:*]/, 1)[0] as string);
   });
   app.addHook('onReady', (done) => {
-    fastPath = createFastPath(pipeline, genReqId, ownPrefixes, app.log, errorPages);
+    fastPath = createFastPath(pipeline, genReqId, ownPrefixes);
     done();
   });
   return app;

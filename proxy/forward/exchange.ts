@@ -28,7 +28,7 @@ export class Exchange {
 }
 
 /** The connecting peer; a unix-socket peer counts as loopback, as in Workhorse. */
-export function peerAddress(req: IncomingMessage): string {
+function peerAddress(req: IncomingMessage): string {
   // A destroyed request has no socket any more: read it when the request arrives.
   const addr = (req.socket as IncomingMessage['socket'] | null)?.remoteAddress;
   if (addr === undefined) return '127.0.0.1';
