@@ -1,7 +1,7 @@
 /** What the backend receives instead of the client's files: a rewritten body and its signed fields (Workhorse `upload/rewrite.go`). */
 import { randomBytes } from 'node:crypto';
 import { ISSUER, signJwt } from '../../protocol/jwt.js';
-import { REWRITTEN_FIELDS_CLAIM, SIGNED_UPLOAD_FIELD, UPLOAD_CLAIM, UPLOAD_HASHES } from '../../protocol/upload-fields.js';
+import { REWRITTEN_FIELDS_CLAIM, SIGNED_UPLOAD_FIELD, UPLOAD_CLAIM, UPLOAD_KEYS, type UploadKey } from '../../protocol/upload-fields.js';
 import type { BodyReplacement } from '../forward/forwarder.js';
 import { MULTIPART_FIELDS } from '../forward/headers.js';
 import type { Part } from './multipart.js';
@@ -49,20 +49,25 @@ export function rewriteMultipart(parts: readonly Part[], secret: Buffer, headers
   };
 }
 
-/** `<f>.name`, `<f>.path`… and `<f>.gitlab-workhorse-upload`, the JWT signing all of them. */
+/**
+ * `<f>.name`, `<f>.path`… in the protocol's order (`UPLOAD_KEYS`, a hash only when it was computed),
+ * and `<f>.gitlab-workhorse-upload`, the JWT signing all of them.
+ */
 function fileFields(prefix: string, filename: string, stored: StoredFile, secret: Buffer): [string, string][] {
-  const upload: Record<string, string> = {
+  const values: Partial<Record<UploadKey, string>> = {
+    ...stored.hashes,
     name: filename,
     path: stored.path,
     remote_url: stored.remoteUrl,
     remote_id: stored.remoteId,
     size: String(stored.size),
+    upload_duration: String(stored.durationS),
   };
-  for (const hash of UPLOAD_HASHES) {
-    const digest = stored.hashes[hash];
-    if (digest !== undefined) upload[hash] = digest;
+  const upload: Record<string, string> = {};
+  for (const key of UPLOAD_KEYS) {
+    const value = values[key];
+    if (value !== undefined) upload[key] = value;
   }
-  upload.upload_duration = String(stored.durationS);
   const out: [string, string][] = Object.entries(upload).map(([k, v]) => [`${prefix}.${k}`, v]);
   out.push([`${prefix}.${SIGNED_UPLOAD_FIELD}`, signJwt({ [UPLOAD_CLAIM]: upload, iss: ISSUER }, secret)]);
   return out;
