@@ -72,6 +72,17 @@ describe('the layout', () => {
     expect(outside('proxy', ['proxy', 'protocol', 'scaler', 'config'])).toEqual([]);
   });
 
+  it('hangs no state on requests, responses or sockets under symbols: what a stage needs is passed to it', () => {
+    const keyed = [...graph.keys()]
+      .filter((file) => file.startsWith('proxy/'))
+      .flatMap((file) =>
+        readFileSync(join(ROOT, file), 'utf8')
+          .split('\n')
+          .flatMap((line, i) => (/\bSymbol\(/.test(line) ? [`${file}:${i + 1}: ${line.trim()}`] : [])),
+      );
+    expect(keyed).toEqual([]);
+  });
+
   it('keeps the interceptor contract apart from the list: intercept/types.ts imports nothing of Outrider', () => {
     expect(graph.get('proxy/intercept/types.ts')).toEqual([]);
   });
