@@ -1,18 +1,32 @@
+import { open } from 'node:fs/promises';
+import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
 import { isAbsolute } from 'node:path';
+import type { Readable } from 'node:stream';
 import send from '@fastify/send';
+import { lastModified, parseHttpDate } from '../../scaler/conditional.js';
 import { EdgeDirectiveInvalid, EdgeSendfileMissing, EdgeSourceUnavailable } from '../errors.js';
 import { sendBody, whenOpen } from '../forward/body.js';
-import type { Interceptor } from './types.js';
+import { detectContentType, MAX_DETECT_SIZE, withSafeContentHeaders } from './content-type.js';
+import type { Interceptor, ResponseHead } from './types.js';
 
 /** Headers of the backend's own response that describe its (discarded) body, not the file. */
-const BODY_HEADERS = new Set(['content-length', 'content-range', 'accept-ranges', 'last-modified', 'etag']);
+const BODY_HEADERS = new Set(['content-length', 'content-range', 'accept-ranges', 'last-modified']);
+
+/** What a 304 leaves out: it describes no body (RFC 9110 §15.4.5; Go's `writeNotModified`). */
+const NOT_MODIFIED_DROPS = new Set(['content-type', 'content-length', 'content-encoding']);
 
 /**
  * X-Sendfile (Workhorse `internal/sendfile`): a 200 carrying `X-Sendfile: <absolute path>` makes
- * Outrider serve that file itself. Range (206, 416), If-Modified-Since and If-Unmodified-Since are
- * answered from the file's size and mtime by @fastify/send; the backend's Content-Type,
- * Content-Disposition, Cache-Control and other headers are kept. A file that cannot be opened,
- * or a directory, is a 404, as in Workhorse; the path only goes to the log.
+ * Outrider serve that file itself, as Go's `http.ServeContent(w, r, "", mtime, file)` does.
+ *
+ * Preconditions are evaluated here, from the file's stat and the backend's `ETag`, in RFC 9110
+ * §13.2.2's order and whatever the request's Cache-Control says (`preconditions` below);
+ * @fastify/send then sees only the Range it should honour and answers 200, 206 or 416 from the
+ * file's size. Last-Modified is the file's mtime. The backend's Content-Type, Content-Disposition,
+ * ETag, Cache-Control and other headers are kept; with no Content-Type, the type is sniffed from the
+ * file's first bytes, and with `Gitlab-Workhorse-Detect-Content-Type: true` both Content-Type and
+ * Content-Disposition come from `safeContentHeaders` on the file's first 4096 bytes. A file that
+ * cannot be opened, or a directory, is a 404, as in Workhorse; the path only goes to the log.
  */
 export const sendfile: Interceptor = {
   name: 'sendfile',
@@ -27,22 +41,43 @@ export const sendfile: Interceptor = {
       ctx.fail(new EdgeDirectiveInvalid());
       return;
     }
-    const result = await send(req, toUrlPath(file), {
-      root: '/',
-      dotfiles: 'allow',
-      index: false,
-      etag: false,
-      cacheControl: false,
-      acceptRanges: true,
-      lastModified: true,
-      contentType: head.contentType === undefined,
-    });
-    if (result.type === 'error' && (result.statusCode === 416 || result.statusCode === 412)) {
-      // A range past the end, or a failed If-Unmodified-Since: the file exists, the precondition does not hold.
+    const method = req.method ?? 'GET';
+    const etag = firstValue(head.headers, 'etag')?.trim();
+    // What @fastify/send reads of a request is its method and headers: it gets the Range to honour and
+    // nothing else, so its own conditional handling (which answers 200 to `Cache-Control: no-cache`) never runs.
+    const forSend: { method: string; headers: { range?: string } } = { method, headers: {} };
+    let result: send.SendResult;
+    try {
+      result = await send(forSend as unknown as Readable, toUrlPath(file), {
+        root: '/',
+        dotfiles: 'allow',
+        index: false,
+        etag: false,
+        cacheControl: false,
+        lastModified: false,
+        contentType: false,
+        acceptRanges: true,
+        // Called once the file is found and stat'd, before anything is opened: a precondition that
+        // decides the answer stops @fastify/send here (a rejection it documents as aborting).
+        onFile(_path, stat) {
+          const modified = lastModified(stat.mtimeMs);
+          const outcome = preconditions(method, req.headers, etag, modified);
+          if (outcome === 304 || outcome === 412) throw new PreconditionAnswer(outcome, modified);
+          // An empty file is served whole rather than refused with 416, as Go's ServeContent does.
+          if (outcome !== undefined && stat.size > 0) forSend.headers.range = outcome;
+        },
+      });
+    } catch (err) {
+      if (!(err instanceof PreconditionAnswer)) throw err;
+      answerWithoutBody(res, err.status, err.status === 304 ? notModifiedHeaders(head, err.lastModified) : []);
+      log.info({ subsystem: 'sendfile', file, status: err.status, bytes: 0 }, 'send file');
+      return;
+    }
+    if (result.type === 'error' && result.statusCode === 416) {
+      // A range past the end: the file exists, the range does not.
       result.stream.destroy();
-      const range = result.headers['Content-Range'];
-      res.writeHead(result.statusCode, range === undefined ? { 'content-length': 0 } : { 'content-range': range, 'content-length': 0 });
-      res.end();
+      answerWithoutBody(res, 416, ['Content-Range', result.headers['Content-Range'] as string]);
+      log.info({ subsystem: 'sendfile', file, status: 416, bytes: 0 }, 'send file');
       return;
     }
     let openError: unknown;
@@ -60,24 +95,35 @@ export const sendfile: Interceptor = {
       ctx.fail(new EdgeSendfileMissing());
       return;
     }
-    const headers: string[] = [];
+
+    // The file's first bytes, read only when they decide a header.
+    let first: Buffer | undefined;
+    if (head.detectContentType || head.contentType === undefined) {
+      try {
+        first = await readFirstBytes(result.metadata.path, MAX_DETECT_SIZE);
+      } catch (err) {
+        result.stream.destroy();
+        log.warn({ subsystem: 'sendfile', file, err }, 'X-Sendfile file cannot be served');
+        ctx.fail(new EdgeSendfileMissing());
+        return;
+      }
+    }
+
+    let headers: string[] = [];
     for (let i = 0; i < head.headers.length; i += 2) {
       const name = head.headers[i] as string;
       if (!BODY_HEADERS.has(name.toLowerCase())) headers.push(name, head.headers[i + 1] as string);
     }
-    for (const [name, value] of Object.entries(result.headers)) {
-      if (name.toLowerCase() === 'content-type' && head.contentType !== undefined) continue;
-      headers.push(name, value);
+    if (first !== undefined) {
+      if (head.detectContentType) headers = withSafeContentHeaders(headers, first);
+      else headers.push('Content-Type', detectContentType(first));
     }
+    for (const [name, value] of Object.entries(result.headers)) headers.push(name, String(value));
+    const modified = lastModified(result.metadata.stat.mtimeMs);
+    if (modified !== undefined) headers.push('Last-Modified', modified);
     headers.push('X-Accel-Buffering', 'no');
-    if (result.statusCode === 304) {
-      // A 304 describes no body: no Content-Type or Content-Length (RFC 9110 §15.4.5).
-      for (let i = headers.length - 2; i >= 0; i -= 2) {
-        const lower = (headers[i] as string).toLowerCase();
-        if (lower === 'content-type' || lower === 'content-length') headers.splice(i, 2);
-      }
-    }
-    const length = req.method === 'HEAD' || result.statusCode === 304 ? 0 : Number(result.headers['Content-Length'] ?? 0);
+
+    const length = method === 'HEAD' ? 0 : Number(result.headers['Content-Length'] ?? 0);
     const sent = await sendBody(result.stream, res, length, () => res.writeHead(result.statusCode, headers));
     if (!sent.complete && !sent.started) {
       // Gone or shrunk between its stat and its first read: nothing was sent, so the client can still be told.
@@ -92,6 +138,157 @@ export const sendfile: Interceptor = {
     }
   },
 };
+
+/** Thrown from `onFile` when a precondition decided the answer: carries it out of @fastify/send. */
+class PreconditionAnswer extends Error {
+  readonly status: 304 | 412;
+  readonly lastModified: string | undefined;
+  constructor(status: 304 | 412, modified: string | undefined) {
+    super(`precondition answered ${status}`);
+    this.status = status;
+    this.lastModified = modified;
+  }
+}
+
+/**
+ * RFC 9110 §13.2.2, step by step, as Go's `checkPreconditions` (`net/http/fs.go`) does it: 412 or
+ * 304 when a condition decides the answer, else the Range to honour (undefined for the whole file).
+ * `lastModifiedValue` is the file's Last-Modified, undefined when its mtime is unknown (zero): then
+ * the date conditions are ignored, as RFC 9110 §13.1.3-4 ask. Cache-Control plays no part.
+ */
+function preconditions(
+  method: string,
+  headers: IncomingHttpHeaders,
+  etag: string | undefined,
+  lastModifiedValue: string | undefined,
+): 304 | 412 | string | undefined {
+  const modified = lastModifiedValue === undefined ? undefined : Date.parse(lastModifiedValue);
+  const getOrHead = method === 'GET' || method === 'HEAD';
+  // 1-2. If-Match (strong); If-Unmodified-Since only without it.
+  const ifMatch = field(headers, 'if-match');
+  if (ifMatch !== undefined) {
+    if (!listMatches(ifMatch, etag, strongMatch)) return 412;
+  } else if (modified !== undefined) {
+    const since = parseHttpDate(field(headers, 'if-unmodified-since'));
+    if (since !== undefined && modified > since) return 412;
+  }
+  // 3-4. If-None-Match (weak); If-Modified-Since only without it, and only for GET and HEAD.
+  const ifNoneMatch = field(headers, 'if-none-match');
+  if (ifNoneMatch !== undefined) {
+    if (listMatches(ifNoneMatch, etag, weakMatch)) return getOrHead ? 304 : 412;
+  } else if (getOrHead && modified !== undefined) {
+    const since = parseHttpDate(field(headers, 'if-modified-since'));
+    if (since !== undefined && modified <= since) return 304;
+  }
+  // 5. Range, for GET (and HEAD, which answers as GET would: RFC 9110 §9.3.2), unless If-Range fails.
+  const range = field(headers, 'range');
+  if (range === undefined || !getOrHead) return undefined;
+  const ifRange = field(headers, 'if-range');
+  if (ifRange === undefined) return range;
+  const [tag] = scanETag(ifRange);
+  if (tag !== '') return etag !== undefined && strongMatch(tag, etag) ? range : undefined;
+  // A date: it must be the Last-Modified exactly (RFC 9110 §13.1.5), to the second.
+  const date = parseHttpDate(ifRange);
+  return date !== undefined && modified !== undefined && date === modified ? range : undefined;
+}
+
+/** A request header's value, with an empty one taken as absent (as Go's `Header.Get` reads it). */
+function field(headers: IncomingHttpHeaders, name: string): string | undefined {
+  const value = headers[name];
+  const text = Array.isArray(value) ? value.join(', ') : value;
+  return text === undefined || text === '' ? undefined : text;
+}
+
+/** `*` or a list of entity-tags, read as Go's `checkIfMatch`/`checkIfNoneMatch` read them: true when one matches. */
+function listMatches(list: string, etag: string | undefined, matches: (a: string, b: string) => boolean): boolean {
+  let rest = list;
+  for (;;) {
+    rest = trimOWS(rest);
+    if (rest === '') return false;
+    if (rest[0] === ',') {
+      rest = rest.slice(1);
+      continue;
+    }
+    if (rest[0] === '*') return true;
+    const [tag, remain] = scanETag(rest);
+    if (tag === '') return false;
+    if (etag !== undefined && matches(tag, etag)) return true;
+    rest = remain;
+  }
+}
+
+/** Go's `scanETag`: the entity-tag (`"…"` or `W/"…"`) at the start of `s` and what follows it, or `['', '']`. */
+function scanETag(s: string): [string, string] {
+  const t = trimOWS(s);
+  const start = t.startsWith('W/') ? 2 : 0;
+  if (t.length - start < 2 || t[start] !== '"') return ['', ''];
+  for (let i = start + 1; i < t.length; i++) {
+    const c = t.charCodeAt(i);
+    if (c === 0x22) return [t.slice(0, i + 1), t.slice(i + 1)];
+    // etagc: %x21 / %x23-7E / obs-text
+    if (!(c === 0x21 || (c >= 0x23 && c <= 0x7e) || c >= 0x80)) return ['', ''];
+  }
+  return ['', ''];
+}
+
+/** RFC 9110 §8.8.3.2 strong comparison: both strong and identical. */
+function strongMatch(a: string, b: string): boolean {
+  return a === b && a.startsWith('"');
+}
+
+/** Weak comparison: identical once `W/` is set aside. */
+function weakMatch(a: string, b: string): boolean {
+  return a.replace(/^W\//, '') === b.replace(/^W\//, '');
+}
+
+/** Go's `textproto.TrimString`: ASCII space, tab, CR and LF off both ends. */
+function trimOWS(s: string): string {
+  return s.replace(/^[ \t\r\n]+|[ \t\r\n]+$/g, '');
+}
+
+/** The backend's headers a 304 keeps (ETag, Cache-Control, Content-Disposition, …), then Last-Modified. */
+function notModifiedHeaders(head: ResponseHead, modified: string | undefined): string[] {
+  const headers: string[] = [];
+  for (let i = 0; i < head.headers.length; i += 2) {
+    const name = head.headers[i] as string;
+    const lower = name.toLowerCase();
+    if (!BODY_HEADERS.has(lower) && !NOT_MODIFIED_DROPS.has(lower)) headers.push(name, head.headers[i + 1] as string);
+  }
+  if (modified !== undefined) headers.push('Last-Modified', modified);
+  headers.push('X-Accel-Buffering', 'no');
+  return headers;
+}
+
+/** 304, 412 or 416: a head and no body (a 304 with no Content-Length either). */
+function answerWithoutBody(res: ServerResponse, status: 304 | 412 | 416, headers: string[]): void {
+  res.writeHead(status, status === 304 ? headers : [...headers, 'Content-Length', '0']);
+  res.end();
+}
+
+/** The first value of a header the backend sent, or undefined. */
+function firstValue(headers: string[], lowerName: string): string | undefined {
+  for (let i = 0; i < headers.length; i += 2) {
+    if ((headers[i] as string).toLowerCase() === lowerName) return headers[i + 1] as string;
+  }
+  return undefined;
+}
+
+/** Up to `max` bytes from the start of a file (fewer when it is shorter); never more. */
+async function readFirstBytes(path: string, max: number): Promise<Buffer> {
+  const handle = await open(path, 'r');
+  try {
+    const buffer = Buffer.alloc(max);
+    let filled = 0;
+    while (filled < max) {
+      const { bytesRead } = await handle.read(buffer, filled, max - filled, filled);
+      if (bytesRead === 0) break;
+      filled += bytesRead;
+    }
+    return buffer.subarray(0, filled);
+  } finally {
+    await handle.close();
+  }
+}
 
 /** @fastify/send takes a URL path: each segment of the file path, percent-encoded. */
 function toUrlPath(file: string): string {
