@@ -2,6 +2,7 @@ import { availableParallelism } from 'node:os';
 import { isAbsolute } from 'node:path';
 import { z } from 'zod';
 import { parseDuration } from './duration.js';
+import { parseRange } from './network.js';
 
 /** Where Outrider listens: a TCP host and port, or a unix socket path. */
 export type ListenAddr = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
@@ -74,19 +75,25 @@ const imageResizer = z.strictObject({
     .default(64 * 1024 * 1024),
 });
 
+const HOST_ENTRY = 'expected "*" (any public host), a host name, "*.example.com", an IP address or a CIDR range like "10.0.0.0/8"';
+
 const outbound = z.strictObject({
   allowed_hosts: z
     .array(
       z
-        .string()
-        .regex(/^(\*\.)?[a-z0-9.-]+$|^\[[0-9a-f:.]+\]$/i, { error: 'expected a host name, "*.example.com", an IPv4 address or "[IPv6]"' }),
-      { error: 'expected a list of host names' },
+        .string({ error: HOST_ENTRY })
+        .refine((entry) => entry === '*' || /^(\*\.)?[a-z0-9-]+(\.[a-z0-9-]+)*$/i.test(entry) || parseRange(entry) !== undefined, {
+          error: (issue) => `${HOST_ENTRY}, got ${JSON.stringify(issue.input)}`,
+        }),
+      { error: 'expected a list of hosts' },
     )
     .default([]),
   connect_timeout: positiveDuration('the outbound connect timeout').default(10_000),
   headers_timeout: positiveDuration('the outbound response-header timeout').default(30_000),
   body_timeout: positiveDuration('the longest silence allowed in an outbound response body').default(300_000),
   max_redirects: wholeNumber('a number of redirects', 0).max(20, { error: 'expected at most 20 redirects' }).default(5),
+  // Downloads through send-url can be artifacts, packages or LFS objects of several GiB.
+  max_response_bytes: wholeNumber('a size in bytes', 1).default(10 * 1024 ** 3),
 });
 
 const uploadRoute = z.strictObject({
@@ -240,6 +247,7 @@ export const configSchema = fileSchema.superRefine(checkListeners).transform((f)
     headersTimeoutMs: f.outbound.headers_timeout,
     bodyTimeoutMs: f.outbound.body_timeout,
     maxRedirects: f.outbound.max_redirects,
+    maxResponseBytes: f.outbound.max_response_bytes,
   },
 }));
 

@@ -43,7 +43,14 @@ describe('configuration', () => {
         limitInputPixels: 25_000_000,
         cacheMaxBytes: 64 * 1024 * 1024,
       },
-      outbound: { allowedHosts: [], connectTimeoutMs: 10_000, headersTimeoutMs: 30_000, bodyTimeoutMs: 300_000, maxRedirects: 5 },
+      outbound: {
+        allowedHosts: [],
+        connectTimeoutMs: 10_000,
+        headersTimeoutMs: 30_000,
+        bodyTimeoutMs: 300_000,
+        maxRedirects: 5,
+        maxResponseBytes: 10 * 1024 ** 3,
+      },
       uploads: { tempDir: '/var/tmp/outrider', maxFiles: 10, routes: [] },
     });
     expect(DEFAULT_MAX_SCALER_PROCS).toBeGreaterThanOrEqual(2);
@@ -83,6 +90,7 @@ describe('configuration', () => {
       'headers_timeout',
       'body_timeout',
       'max_redirects',
+      'max_response_bytes',
       'temp_dir',
       'max_files',
       'method',
@@ -156,7 +164,11 @@ max_filesize = 0
     );
     expect(errorOf('[image_resizer]\nmax_scaler_procs = 2.5')).toContain('as a whole number');
     expect(errorOf('[image_resizer]\nmax_filesize = -1')).toContain('image_resizer.max_filesize: expected a size in bytes of at least 0');
-    expect(errorOf('[outbound]\nallowed_hosts = ["http://x"]')).toContain('outbound.allowed_hosts.0: expected a host name');
+    expect(errorOf('[outbound]\nallowed_hosts = ["http://x"]')).toContain(
+      'outbound.allowed_hosts.0: expected "*" (any public host), a host name, "*.example.com", an IP address or a CIDR range like "10.0.0.0/8", got "http://x"',
+    );
+    expect(errorOf('[outbound]\nallowed_hosts = ["10.0.0.0/33"]')).toContain('outbound.allowed_hosts.0: expected "*"');
+    expect(errorOf('[outbound]\nmax_response_bytes = 0')).toContain('outbound.max_response_bytes: expected a size in bytes of at least 1');
     expect(errorOf('[outbound]\nmax_redirects = 50')).toContain('outbound.max_redirects: expected at most 20 redirects');
     expect(errorOf('image_resizer = 3')).toContain('image_resizer: Invalid input: expected object, received number');
   });

@@ -24,8 +24,16 @@ export interface RunningProxy {
   config: Config;
 }
 
+/**
+ * Test origins (object stores, image hosts, send-url targets) listen on 127.0.0.1, which the
+ * outbound policy refuses by default: a test that sets no `[outbound]` of its own opens that
+ * address only. Tests of the policy set their own.
+ */
+const LOOPBACK_ORIGINS = '\n[outbound]\nallowed_hosts = ["127.0.0.1"]\n';
+
 export function testConfig(backendUrl: string, toml = ''): Config {
-  return loadConfig(`auth_backend = "${backendUrl}"\n${toml}`, { source: 'test' });
+  const outbound = /^\[outbound\]/m.test(toml) ? '' : LOOPBACK_ORIGINS;
+  return loadConfig(`auth_backend = "${backendUrl}"\n${toml}${outbound}`, { source: 'test' });
 }
 
 /** A logger whose lines land, parsed, in `lines`, with the production redaction rules. */
