@@ -7,6 +7,8 @@ export { OutriderSecretError, OutriderVerificationError, type SecretCode, type V
 export { ISSUER, signJwt, type VerifyJwtOptions, verifyJwt } from '../protocol/jwt.js';
 export { loadSecret, SECRET_BYTES } from '../protocol/secret.js';
 export {
+  DETECT_CONTENT_TYPE,
+  DETECT_CONTENT_TYPE_HEADER,
   type OutriderAnswer,
   type OutriderHeader,
   respond,

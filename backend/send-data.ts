@@ -1,5 +1,5 @@
 import { isAbsolute } from 'node:path';
-import { SEND_DATA_HEADER, SENDFILE_HEADER } from '../protocol/headers.js';
+import { DETECT_CONTENT_TYPE_HEADER, SEND_DATA_HEADER, SENDFILE_HEADER } from '../protocol/headers.js';
 import { encodeSendData, SCALED_IMG_PREFIX, SEND_URL_PREFIX } from '../protocol/send-data.js';
 
 /** A response header that hands work to Outrider: set it on a 200 with an empty body. */
@@ -8,10 +8,10 @@ export interface OutriderHeader {
   readonly value: string;
 }
 
-export { SEND_DATA_HEADER, SENDFILE_HEADER };
+export { DETECT_CONTENT_TYPE_HEADER, SEND_DATA_HEADER, SENDFILE_HEADER };
 
 export interface ScaledImageOptions {
-  /** An absolute path, or an `http(s)://` URL Outrider fetches (through its `[outbound]` allow-list). */
+  /** An absolute path, or an `http(s)://` URL Outrider fetches (through its `[outbound]` network policy). */
   location: string;
   /** The width to scale to, an integer of at least 1 (Outrider serves the original above `max_width`). */
   width: number;
@@ -41,13 +41,75 @@ export function sendFile(path: string): OutriderHeader {
 export interface SendUrlOptions {
   /** Follow the origin's redirects. Default false, as Workhorse. */
   allowRedirects?: boolean;
+  /** The request's method; default GET. */
+  method?: string;
+  /** The request's body (a string, as Rails sends it). */
+  body?: string;
+  /** Request headers for the origin (its `Authorization`, for example). */
+  headers?: Record<string, string | string[]>;
+  /** Headers set on the client's answer, replacing the origin's of the same names. */
+  responseHeaders?: Record<string, string | string[]>;
+  /** Seconds to connect (`open`) and to wait for the origin's headers (`read`), as Rails' `timeouts:`. */
+  timeouts?: { open?: number; read?: number };
+  /** The status to answer when the origin cannot be reached (`error`) or does not answer in time (`timeout`). */
+  responseStatuses?: { error?: number; timeout?: number };
+  /** Refuse internal addresses for this URL (besides what Outrider's `[outbound]` refuses). */
+  ssrfFilter?: boolean;
+  /** false: refuse loopback for this URL. Default true, as Rails. */
+  allowLocalhost?: boolean;
+  /** URLs whose hosts `ssrfFilter` lets through (when `[outbound]` does too). */
+  allowedUris?: string[];
 }
 
-/** `Gitlab-Workhorse-Send-Data: send-url:…`: Outrider GETs `url` and streams the answer to the client. */
+/**
+ * `Gitlab-Workhorse-Send-Data: send-url:…`: Outrider sends the request to `url` and streams the
+ * answer to the client, with the same keys as Rails' `Gitlab::Workhorse.send_url`.
+ */
 export function sendUrl(url: string, options: SendUrlOptions = {}): OutriderHeader {
   if (!/^https?:\/\//i.test(url)) throw new TypeError(`sendUrl: the URL must be http(s), got ${JSON.stringify(url)}`);
-  return sendData(SEND_URL_PREFIX, { URL: url, AllowRedirects: options.allowRedirects === true });
+  const { method = 'GET', timeouts = {}, responseStatuses = {} } = options;
+  if (!/^[A-Za-z]+$/.test(method)) throw new TypeError(`sendUrl: method must be an HTTP method, got ${JSON.stringify(method)}`);
+  const params: Record<string, unknown> = {
+    URL: url,
+    AllowRedirects: options.allowRedirects === true,
+    AllowLocalhost: options.allowLocalhost !== false,
+    AllowedURIs: options.allowedUris ?? [],
+    SSRFFilter: options.ssrfFilter === true,
+    Body: options.body ?? '',
+    Header: headerLists(options.headers),
+    ResponseHeaders: headerLists(options.responseHeaders),
+    Method: method.toUpperCase(),
+  };
+  for (const [key, seconds] of [
+    ['DialTimeout', timeouts.open],
+    ['ResponseHeaderTimeout', timeouts.read],
+  ] as const) {
+    if (seconds === undefined) continue;
+    if (!(seconds > 0) || !Number.isFinite(seconds)) throw new RangeError(`sendUrl: timeouts must be positive seconds, got ${seconds}`);
+    params[key] = `${seconds}s`;
+  }
+  for (const [key, status] of [
+    ['ErrorResponseStatus', responseStatuses.error],
+    ['TimeoutResponseStatus', responseStatuses.timeout],
+  ] as const) {
+    if (status === undefined) continue;
+    if (!Number.isInteger(status) || status < 400 || status > 599)
+      throw new RangeError(`sendUrl: response statuses must be 4xx or 5xx, got ${status}`);
+    params[key] = status;
+  }
+  return sendData(SEND_URL_PREFIX, params);
 }
+
+/** Go's http.Header: every value a list. */
+function headerLists(headers: Record<string, string | string[]> | undefined): Record<string, string[]> {
+  return Object.fromEntries(Object.entries(headers ?? {}).map(([name, v]) => [name, Array.isArray(v) ? v : [v]]));
+}
+
+/**
+ * `Gitlab-Workhorse-Detect-Content-Type: true`, set beside `sendFile` or `sendUrl` for files users
+ * uploaded: Outrider sniffs their real type and serves what a browser would run as an attachment.
+ */
+export const DETECT_CONTENT_TYPE: OutriderHeader = { name: DETECT_CONTENT_TYPE_HEADER, value: 'true' };
 
 function sendData(prefix: string, params: Record<string, unknown>): OutriderHeader {
   return { name: SEND_DATA_HEADER, value: encodeSendData(prefix, params) };

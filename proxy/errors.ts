@@ -27,6 +27,8 @@ export const EdgeHeadersTooLarge = createError(
 export const EdgeSendfileMissing = createError('EDGE_SENDFILE_MISSING', 'Not Found', 404);
 export const EdgeDirectiveInvalid = createError('EDGE_DIRECTIVE_INVALID', 'Bad Gateway: the backend sent an invalid instruction', 502);
 export const EdgeSourceUnavailable = createError('EDGE_SOURCE_UNAVAILABLE', 'Bad Gateway: the requested content is not available', 502);
+/** A send-url origin failed and the instruction named the status to answer (`ErrorResponseStatus`, `TimeoutResponseStatus`). */
+const EdgeOriginFailed = createError<[string, { cause: unknown }?]>('EDGE_ORIGIN_FAILED', '%s', 502);
 export const EdgeShuttingDown = createError('EDGE_SHUTTING_DOWN', 'Service Unavailable: shutting down', 503);
 export const EdgeBodyTimeout = createError('EDGE_BODY_TIMEOUT', 'Request Timeout: the request body stopped arriving', 408);
 export const EdgeInternal = createError('EDGE_INTERNAL', 'Internal Server Error', 500);
@@ -90,6 +92,13 @@ export function toEdgeError(err: unknown, peer: Peer = 'backend'): FastifyError 
   if (peer === 'origin') return new EdgeSourceUnavailable({ cause: err });
   if (REFUSED_CODES.has(code)) return new EdgeRequestInvalid('the request headers cannot be forwarded', { cause: err });
   return new EdgeUpstreamUnavailable({ cause: err });
+}
+
+/** The catalogue error for a failure the backend chose the status of: that status, its reason phrase as the body. */
+export function failureWithStatus(status: number, cause: unknown): FastifyError {
+  const err = new EdgeOriginFailed(STATUS_CODES[status] ?? 'Error', { cause });
+  err.statusCode = status;
+  return err;
 }
 
 /** One of the catalogue's errors above: made by `createError` with an `EDGE_` code. */

@@ -11,6 +11,7 @@ import { describe, expect, it } from 'vitest';
 import {
   API_CONTENT_TYPE,
   authorizeResponse,
+  DETECT_CONTENT_TYPE,
   loadSecret,
   OutriderSecretError,
   OutriderVerificationError,
@@ -264,7 +265,43 @@ describe('sendScaledImage, sendFile, sendUrl', () => {
     });
     const url = sendUrl('https://store.test/a?b=c', { allowRedirects: true });
     expect(url.value.slice('send-url:'.length).length % 4).toBe(0);
-    expect(Object.fromEntries(decodeSendData(url.value, 'send-url:'))).toEqual({ url: 'https://store.test/a?b=c', allowredirects: true });
+    expect(Object.fromEntries(decodeSendData(url.value, 'send-url:'))).toEqual({
+      url: 'https://store.test/a?b=c',
+      allowredirects: true,
+      allowlocalhost: true,
+      alloweduris: [],
+      ssrffilter: false,
+      body: '',
+      header: {},
+      responseheaders: {},
+      method: 'GET',
+    });
+    // Every key of Rails' Gitlab::Workhorse.send_url, as it writes them.
+    const full = sendUrl('https://registry.test/v2/a/manifests/1', {
+      method: 'post',
+      body: 'q',
+      headers: { Authorization: 'Bearer t', Accept: ['a', 'b'] },
+      responseHeaders: { 'Content-Type': 'application/json' },
+      timeouts: { open: 10, read: 2.5 },
+      responseStatuses: { error: 502, timeout: 504 },
+      ssrfFilter: true,
+      allowLocalhost: false,
+      allowedUris: ['https://registry.test'],
+    });
+    expect(Object.fromEntries(decodeSendData(full.value, 'send-url:'))).toMatchObject({
+      method: 'POST',
+      body: 'q',
+      header: { Authorization: ['Bearer t'], Accept: ['a', 'b'] },
+      responseheaders: { 'Content-Type': ['application/json'] },
+      dialtimeout: '10s',
+      responseheadertimeout: '2.5s',
+      errorresponsestatus: 502,
+      timeoutresponsestatus: 504,
+      ssrffilter: true,
+      allowlocalhost: false,
+      alloweduris: ['https://registry.test'],
+    });
+    expect(DETECT_CONTENT_TYPE).toEqual({ name: 'Gitlab-Workhorse-Detect-Content-Type', value: 'true' });
     expect(Object.fromEntries(decodeSendData(sendUrl('http://x/').value, 'send-url:'))).toMatchObject({ allowredirects: false });
     expect(sendFile('/srv/files/report.pdf')).toEqual({ name: 'X-Sendfile', value: '/srv/files/report.pdf' });
   });
@@ -280,6 +317,9 @@ describe('sendScaledImage, sendFile, sendUrl', () => {
     expect(() => sendScaledImage({ location: '/a.png', width: 8, contentType: '' })).toThrow('contentType must be set');
     expect(() => sendFile('files/report.pdf')).toThrow('must be absolute');
     expect(() => sendUrl('ftp://x/')).toThrow('must be http(s)');
+    expect(() => sendUrl('http://x/', { method: 'GE T' })).toThrow('must be an HTTP method');
+    expect(() => sendUrl('http://x/', { timeouts: { open: 0 } })).toThrow(RangeError);
+    expect(() => sendUrl('http://x/', { responseStatuses: { error: 200 } })).toThrow(RangeError);
   });
 
   it('respond answers a node:http response and a fastify reply with status 200, the header and the extra headers', async () => {

@@ -104,14 +104,15 @@ describe('send-url', () => {
     expect(moved.body).toBe(CONTENT);
   });
 
-  it("passes the origin's error status through, but not its body or headers, which name its internals", async () => {
+  it("relays the origin's error status, headers and body, as Workhorse does", async () => {
     const store = await origin();
     const backend = await railsLike(sendUrl({ URL: `${store.url}/missing` }));
     const res = await buildProxy(backend.url).inject({ url: '/x' });
     expect(res.statusCode).toBe(404);
-    expect(res.body).toBe('Not Found\n');
-    expect(res.headers['content-type']).toBe('text/plain; charset=utf-8');
-    expect(res.headers['x-amz-request-id']).toBeUndefined();
+    expect(res.body).toBe('<Error><Code>NoSuchKey</Code><BucketName>secret-bucket</BucketName></Error>');
+    expect(res.headers['content-type']).toBe('application/xml');
+    expect(res.headers['x-amz-request-id']).toBe('R1');
+    expect(res.headers['cache-control']).toBe('no-cache');
   });
 
   it('refuses hosts outside [outbound] allowed_hosts without contacting them', async () => {
@@ -122,19 +123,6 @@ describe('send-url', () => {
     expect(res.statusCode).toBe(502);
     expect(res.body).toBe('Bad Gateway: the requested content is not available\n');
     expect(store.requests).toHaveLength(0);
-  });
-
-  it('checks every redirect hop against allowed_hosts', async () => {
-    const elsewhere = await origin();
-    const bouncer = await startBackend((_req, res) =>
-      res.writeHead(302, { location: `${elsewhere.url.replace('127.0.0.1', 'localhost')}/file` }).end(),
-    );
-    const backend = await railsLike(sendUrl({ URL: `${bouncer.url}/go`, AllowRedirects: true }));
-    const app = buildProxy(backend.url, { toml: '[outbound]\nallowed_hosts = ["127.0.0.1"]' });
-    const res = await app.inject({ url: '/x' });
-    expect(res.statusCode).toBe(502);
-    expect(bouncer.requests).toHaveLength(1);
-    expect(elsewhere.requests).toHaveLength(0);
   });
 
   it('answers 502 without detail for an invalid instruction or an unreachable origin', async () => {
