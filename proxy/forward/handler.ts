@@ -4,6 +4,7 @@ import type { Dispatcher } from 'undici';
 import { bodyUnread, closeAfterAnswer } from '../connection/linger.js';
 import type { StallWatch } from '../connection/stall-watch.js';
 import { EdgeBodyTimeout, EdgeInternal, EdgeUpstreamInvalidResponse, endOnFault, toEdgeError, writeError } from '../errors.js';
+import { MAX_DETECT_SIZE, withSafeContentHeaders } from '../intercept/content-type.js';
 import type { InterceptContext, Interceptor, ResponseHead } from '../intercept/types.js';
 import type { AccessLog } from '../observe/log/access-line.js';
 import { type ErrorPages, pageFor, writeErrorPage } from '../routes/error-pages.js';
@@ -83,6 +84,9 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
   private call: InterceptCall | undefined;
   private drainListener: (() => void) | undefined;
   private readonly socket: IncomingMessage['socket'];
+  /** `Gitlab-Workhorse-Detect-Content-Type`: the first body bytes, held until they decide the content headers. */
+  private sniffed: Buffer[] | undefined;
+  private sniffedBytes = 0;
 
   constructor(exchange: Exchange, opts: HandlerOptions) {
     this.exchange = exchange;
@@ -161,6 +165,11 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
     this.pending = head.headers;
     this.pendingStatus = statusCode;
     this.pendingReason = reason;
+    if (head.detectContentType && statusCode !== 204 && statusCode !== 304 && this.req.method !== 'HEAD') {
+      // The head waits for the bytes that decide its Content-Type, however slow they are.
+      this.sniffed = [];
+      return true;
+    }
     // Answers that carry no body (HEAD, 204, 304) end at once: no timer for them.
     if (!head.hasLength && statusCode !== 204 && statusCode !== 304 && this.req.method !== 'HEAD') {
       this.holdTimer = setTimeout(flushHeldHead, HEAD_HOLD_MS, this);
@@ -205,6 +214,12 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
       if (this.discarded > DISCARD_LIMIT) this.abortUpstream?.(new Error('discarding backend body'));
       return true;
     }
+    if (this.sniffed !== undefined) {
+      this.sniffed.push(chunk);
+      this.sniffedBytes += chunk.length;
+      if (this.sniffedBytes < MAX_DETECT_SIZE) return true;
+      chunk = this.endSniffing();
+    }
     if (this.pending !== undefined && !this.flushHead()) return true;
     this.bytes += chunk.length;
     if (this.res.write(chunk)) return true;
@@ -215,8 +230,23 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
 
   onComplete(): void {
     if (this.intercepted) return;
+    const rest = this.sniffed === undefined ? undefined : this.endSniffing();
     if (this.pending !== undefined && !this.flushHead()) return;
-    this.res.end();
+    if (rest !== undefined && rest.length > 0) {
+      this.bytes += rest.length;
+      this.res.end(rest);
+    } else this.res.end();
+  }
+
+  /**
+   * Workhorse's contentprocessor: the held bytes set Content-Type and Content-Disposition on the
+   * held head (`safeContentHeaders`), then go out as one chunk. An empty body keeps the backend's.
+   */
+  private endSniffing(): Buffer {
+    const held = Buffer.concat(this.sniffed as Buffer[]);
+    this.sniffed = undefined;
+    if (this.pending !== undefined) this.pending = withSafeContentHeaders(this.pending, held);
+    return held;
   }
 
   onError(err: Error): void {
@@ -239,6 +269,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
   /** Forgets a held head that will never go out. */
   private dropHeld(): void {
     this.pending = undefined;
+    this.sniffed = undefined;
     if (this.holdTimer !== undefined) {
       clearTimeout(this.holdTimer);
       this.holdTimer = undefined;

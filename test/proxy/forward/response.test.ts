@@ -196,3 +196,45 @@ describe('the interceptor list', () => {
     expect(body).toBe('Internal Server Error\n');
   });
 });
+
+describe('Gitlab-Workhorse-Detect-Content-Type on a proxied answer', () => {
+  /** A backend answering `body` in pieces, a pause between them, with the detect header and its own type. */
+  async function detecting(pieces: (string | Buffer)[], headers: Record<string, string> = {}) {
+    const backend = await startBackend(async (_req, res) => {
+      res.writeHead(200, { 'gitlab-workhorse-detect-content-type': 'true', 'content-type': 'text/html', ...headers });
+      for (const piece of pieces) {
+        res.write(piece);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      res.end();
+    });
+    return startProxy(backend.url);
+  }
+
+  it('serves HTML as text/plain, inline, the bytes unchanged, when the first 4 KiB arrive in pieces', async () => {
+    const html = `<html><body>${'<p>hello</p>'.repeat(1000)}<script>alert(1)</script></body></html>`;
+    const proxy = await detecting([html.slice(0, 100), html.slice(100, 2000), html.slice(2000)]);
+    const res = await request(`${proxy.url}/raw`);
+    expect(res.headers['content-type']).toBe('text/plain; charset=utf-8');
+    expect(res.headers['content-disposition']).toBe('inline');
+    expect(res.headers['gitlab-workhorse-detect-content-type']).toBeUndefined();
+    expect(await res.body.text()).toBe(html);
+  });
+
+  it('serves an SVG as an attachment, keeping the backend filename; a short body is sniffed whole', async () => {
+    const svg = '<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>';
+    const proxy = await detecting([svg], { 'content-disposition': 'inline; filename="logo.svg"' });
+    const res = await request(`${proxy.url}/raw`);
+    expect(res.headers['content-type']).toBe('image/svg+xml');
+    expect(res.headers['content-disposition']).toBe('attachment; filename="logo.svg"');
+    expect(await res.body.text()).toBe(svg);
+  });
+
+  it("keeps the backend's headers for an empty body", async () => {
+    const proxy = await detecting([]);
+    const res = await request(`${proxy.url}/raw`);
+    expect(res.headers['content-type']).toBe('text/html');
+    expect(res.headers['content-disposition']).toBeUndefined();
+    expect(await res.body.text()).toBe('');
+  });
+});
