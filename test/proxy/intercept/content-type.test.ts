@@ -88,19 +88,9 @@ describe('detectContentType, as Go’s http.DetectContentType', () => {
   });
 
   it('recognises real images made by sharp', async () => {
-    const png = await sharp({ create: { width: 4, height: 4, channels: 3, background: '#f00' } })
-      .png()
-      .toBuffer();
-    const jpeg = await sharp({ create: { width: 4, height: 4, channels: 3, background: '#f00' } })
-      .jpeg()
-      .toBuffer();
-    const webp = await sharp({ create: { width: 4, height: 4, channels: 3, background: '#f00' } })
-      .webp()
-      .toBuffer();
-    const gif = await sharp({ create: { width: 4, height: 4, channels: 3, background: '#f00' } })
-      .gif()
-      .toBuffer();
-    expect([png, jpeg, webp, gif].map((img) => detectContentType(img))).toEqual(['image/png', 'image/jpeg', 'image/webp', 'image/gif']);
+    const red = () => sharp({ create: { width: 4, height: 4, channels: 3, background: '#f00' } });
+    const images = await Promise.all([red().png(), red().jpeg(), red().webp(), red().gif()].map((s) => s.toBuffer()));
+    expect(images.map((img) => detectContentType(img))).toEqual(['image/png', 'image/jpeg', 'image/webp', 'image/gif']);
   });
 });
 
