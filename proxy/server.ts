@@ -23,6 +23,7 @@ import { staticPlugin } from './routes/static.js';
 import { checkDocumentRoot, loadSecret } from './runtime/start-files.js';
 import { VERSION } from './runtime/version.js';
 import { createUploads } from './upload/index.js';
+import { createObjectStorage } from './upload/store/index.js';
 
 export interface BuildServerOptions {
   /** A pino logger to use instead of the one built from `log_level` (tests pass their own, or `false`). */
@@ -92,6 +93,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
 
   const upstream = createUpstream(config);
   const outbound = createOutbound(config);
+  const objectStorage = config.objectStorage === undefined ? undefined : createObjectStorage(config.objectStorage);
   const scaler = createScaler(config.imageResizer, createImageSource(outbound));
   // Nothing is measured, and nothing costs, unless Prometheus has somewhere to scrape.
   const metrics =
@@ -118,6 +120,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
   app.addHook('onClose', async () => {
     stallWatch.close();
     await Promise.all([upstream.close(), outbound.close()]);
+    objectStorage?.close();
   });
   setErrorHandler(app);
 
@@ -144,6 +147,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     metrics,
     errorPages,
     stallWatch,
+    objectStorage,
   });
   // Every proxied request enters here, by the fast path or the catch-all route alike.
   const pipeline = createPipeline({ metrics, uploads, log: app.log, pages: errorPages });

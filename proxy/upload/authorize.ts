@@ -1,5 +1,5 @@
 import type { IncomingMessage } from 'node:http';
-import { isAbsolute, resolve } from 'node:path';
+import { isAbsolute, posix, resolve } from 'node:path';
 import type { Dispatcher } from 'undici';
 import { API_CONTENT_TYPE } from '../../protocol/headers.js';
 import { ISSUER, signJwt } from '../../protocol/jwt.js';
@@ -7,6 +7,7 @@ import { DirectiveError } from '../../protocol/send-data.js';
 import { UPLOAD_HASHES, type UploadHash } from '../../protocol/upload-fields.js';
 import { API_REQUEST, HOP_BY_HOP, RESPONSE_STRIPPED, withoutNamed } from '../forward/headers.js';
 import { requestHeaders } from '../forward/request-headers.js';
+import type { ClientTarget } from './store/client.js';
 import type { Destination } from './store/index.js';
 
 /** What the backend's authorize answer allows (Workhorse `api.Response`, the fields uploads use). */
@@ -49,7 +50,7 @@ export async function authorize(
   upstream: Dispatcher,
   req: IncomingMessage,
   ctx: { peer: string; requestId: string; version: string; secret: Buffer; signal: AbortSignal },
-): Promise<{ ok: Authorization } | { refused: Refusal }> {
+): Promise<{ ok: Authorization; wwwAuthenticate: string | undefined } | { refused: Refusal }> {
   // A client's own Gitlab-Workhorse-Api-Request is replaced, never sent alongside the real one.
   const headers = withoutNamed(requestHeaders(req, ctx.peer, ctx.requestId, ctx.version).list, [...NOT_ASKED, API_REQUEST]);
   headers.push(API_REQUEST, apiRequestToken(ctx.secret));
@@ -72,7 +73,9 @@ export async function authorize(
     } catch {
       throw new DirectiveError('the authorize answer is not JSON');
     }
-    return { ok: parseAuthorization(json) };
+    // On success Workhorse copies only this header of the authorize answer to the client's.
+    const challenge = res.headers['www-authenticate'];
+    return { ok: parseAuthorization(json), wwwAuthenticate: Array.isArray(challenge) ? challenge[0] : challenge };
   }
   const body = await readLimited(res.body, REFUSAL_LIMIT);
   if (body === undefined) throw new DirectiveError(`the authorize refusal is larger than ${REFUSAL_LIMIT} bytes`);
@@ -111,6 +114,56 @@ const str = (v: unknown, field: string): string => {
   return v;
 };
 const optStr = (v: unknown, field: string): string | undefined => (v === undefined || v === null || v === '' ? undefined : str(v, field));
+
+const optBool = (v: unknown, field: string): boolean => {
+  if (v === undefined || v === null) return false;
+  if (typeof v !== 'boolean') throw new DirectiveError(`authorize: '${field}' must be true or false`);
+  return v;
+};
+
+/**
+ * The own client's target, when the answer asks for it (Workhorse `UseWorkhorseClientEnabled`:
+ * `UseWorkhorseClient` and a `RemoteTempObjectID`; otherwise the presigned URLs are used). Only
+ * the AWS provider (Workhorse: "AWS" or "S3", any case) is supported: Azure and Google go through
+ * Workhorse's GoCloud client, which Outrider does not have, so such an answer is refused.
+ */
+function parseClientTarget(r: Record<string, unknown>): ClientTarget | undefined {
+  if (!optBool(r.useworkhorseclient, 'RemoteObject.UseWorkhorseClient')) return undefined;
+  const objectId = optStr(r.remotetempobjectid, 'RemoteObject.RemoteTempObjectID');
+  if (objectId === undefined) return undefined;
+  const os = (r.objectstorage ?? {}) as Record<string, unknown>;
+  if (typeof os !== 'object' || Array.isArray(os)) throw new DirectiveError("authorize: 'RemoteObject.ObjectStorage' must be an object");
+  const provider = optStr(os.provider, 'RemoteObject.ObjectStorage.Provider') ?? '';
+  if (!/^(aws|s3)$/i.test(provider)) {
+    throw new DirectiveError(
+      `authorize: RemoteObject.ObjectStorage.Provider "${provider}" is not supported by Outrider's own client (only "AWS")`,
+    );
+  }
+  const c = (os.s3config ?? {}) as Record<string, unknown>;
+  if (typeof c !== 'object' || Array.isArray(c))
+    throw new DirectiveError("authorize: 'RemoteObject.ObjectStorage.S3Config' must be an object");
+  const bucket = optStr(c.bucket, 'S3Config.Bucket');
+  if (bucket === undefined) throw new DirectiveError("authorize: 'RemoteObject.ObjectStorage.S3Config.Bucket' is missing");
+  return {
+    key: normalizeKey(objectId),
+    s3: {
+      bucket,
+      // Rails sends Fog's default when none is configured; an answer without one gets the same.
+      region: optStr(c.region, 'S3Config.Region') ?? 'us-east-1',
+      endpoint: optStr(c.endpoint, 'S3Config.Endpoint'),
+      pathStyle: optBool(c.pathstyle, 'S3Config.PathStyle'),
+      useIamProfile: optBool(c.useiamprofile, 'S3Config.UseIamProfile'),
+      serverSideEncryption: optStr(c.serversideencryption, 'S3Config.ServerSideEncryption'),
+      sseKmsKeyId: optStr(c.ssekmskeyid, 'S3Config.SSEKMSKeyID'),
+    },
+  };
+}
+
+/** An object key as Workhorse's `normalizeKey`: `path.Clean`, then no leading slash. */
+function normalizeKey(key: string): string {
+  const clean = posix.normalize(key).replace(/(.)\/+$/, '$1');
+  return clean.startsWith('/') ? clean.slice(1) : clean;
+}
 
 /** Validates the authorize answer: exactly one of TempPath and RemoteObject, and what each needs. */
 export function parseAuthorization(raw: unknown): Authorization {
@@ -155,15 +208,22 @@ export function parseAuthorization(raw: unknown): Authorization {
         abortUrl: optStr(mp.aborturl, 'MultipartUpload.AbortURL'),
       };
     }
+    const client = parseClientTarget(r);
     destination = {
       kind: 'remote',
       getUrl: optStr(r.geturl, 'RemoteObject.GetURL') ?? '',
       id: remoteId as string,
-      storeUrl: multipart === undefined ? str(r.storeurl, 'RemoteObject.StoreURL') : (optStr(r.storeurl, 'RemoteObject.StoreURL') ?? ''),
+      // The own client needs no URL to store at; the presigned single PUT needs StoreURL.
+      storeUrl:
+        multipart === undefined && client === undefined
+          ? str(r.storeurl, 'RemoteObject.StoreURL')
+          : (optStr(r.storeurl, 'RemoteObject.StoreURL') ?? ''),
       deleteUrl: optStr(r.deleteurl, 'RemoteObject.DeleteURL'),
+      skipDelete: optBool(r.skipdelete, 'RemoteObject.SkipDelete'),
       putHeaders,
       timeoutMs: timeout > 0 ? timeout * 1000 : DEFAULT_REMOTE_TIMEOUT_MS,
       multipart,
+      client,
     };
   }
   return { destination, maxSize: maxSize > 0 ? maxSize : 0, hashes };

@@ -1,27 +1,42 @@
 import { createWriteStream } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { chmod, mkdir } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { feed, type Meter } from './meter.js';
 import type { StoreOptions } from './types.js';
 
 /**
- * Writes the metered stream to a new file in `dir` (created 0700 if missing; the file 0600, never an
- * existing one) and returns its path. The stash owns the file from the moment it is named.
+ * Writes the metered stream to a new file in `dir` (never an existing one) and returns its path.
+ * The file gets `fileMode` (0600 by default) whatever the umask; `dir`, when it has to be created,
+ * 0700 plus the group and other bits a backend running as another user needs to read the file and
+ * move it away. The stash owns the file from the moment it is named.
  */
 export async function writeLocal(
   input: Readable,
   meter: Meter,
   dir: string,
-  opts: Pick<StoreOptions, 'stash' | 'signal'>,
+  opts: Pick<StoreOptions, 'stash' | 'signal' | 'fileMode'>,
 ): Promise<string> {
-  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const fileMode = opts.fileMode ?? 0o600;
+  const created = await mkdir(dir, { recursive: true, mode: 0o700 });
+  if (created !== undefined && fileMode !== 0o600) await chmod(dir, directoryMode(fileMode));
   const path = opts.stash.newFile(dir);
   const stop = feed(input, meter);
   try {
     await pipeline(meter, createWriteStream(path, { flags: 'wx', mode: 0o600 }), { signal: opts.signal });
+    // Widened once whole, to the exact mode (the umask would take bits away from an open's mode).
+    if (fileMode !== 0o600) await chmod(path, fileMode);
   } finally {
     stop();
   }
   return path;
+}
+
+/** A directory for files of `mode`: searchable and listable where the file is readable, writable (to move it away) where it is. */
+export function directoryMode(mode: number): number {
+  let dir = 0o700;
+  if (mode & 0o040) dir |= 0o050;
+  if (mode & 0o020) dir |= 0o020;
+  if (mode & 0o004) dir |= 0o005;
+  return dir;
 }

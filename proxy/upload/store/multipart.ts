@@ -8,11 +8,20 @@ import type { MultipartDestination, StoreOptions } from './types.js';
 /**
  * The presigned multipart upload: the stream is cut into `PartSize` parts, each written to a
  * scratch file first (a part needs its exact length, and memory stays flat whatever PartSize is),
- * PUT to its own URL, then the list of ETags is POSTed to CompleteURL. Any failure aborts the
- * upload at AbortURL. More parts than URLs means the file is too large.
+ * PUT to its own URL with the `PutHeaders`, then the list of ETags is POSTed to CompleteURL with
+ * only its XML content type (Workhorse `Multipart.Upload`: `readAndUploadOnePart` passes
+ * `m.PutHeaders` to every part, `complete` sets none). Any failure aborts the upload at AbortURL.
+ * More parts than URLs means the file is too large.
  */
-export async function putMultipart(stream: Readable, mp: MultipartDestination, opts: StoreOptions): Promise<void> {
+export async function putMultipart(
+  stream: Readable,
+  mp: MultipartDestination,
+  putHeaders: Record<string, string>,
+  opts: StoreOptions,
+): Promise<void> {
   const etags: string[] = [];
+  // Each part's own length replaces any the backend listed.
+  const partHeaders = Object.fromEntries(Object.entries(putHeaders).filter(([name]) => name.toLowerCase() !== 'content-length'));
   await mkdir(opts.tempDir, { recursive: true, mode: 0o700 });
   let part: { path: string; file: FileHandle; size: number } | undefined;
   const startPart = async () => {
@@ -32,7 +41,7 @@ export async function putMultipart(stream: Readable, mp: MultipartDestination, o
     try {
       res = await opts.outbound.request(url, {
         method: 'PUT',
-        headers: { 'content-length': String(current.size) },
+        headers: { ...partHeaders, 'content-length': String(current.size) },
         body,
         signal: opts.signal,
       });

@@ -6,7 +6,7 @@ import type { Outbound } from '../../outbound/client.js';
 /** Everything one request stored, removed when the request is over, whatever way it ends. */
 export class Stash {
   private readonly files: string[] = [];
-  private readonly remote: string[] = [];
+  private readonly removals: (() => Promise<void>)[] = [];
   private readonly outbound: Outbound;
 
   constructor(outbound: Outbound) {
@@ -20,9 +20,18 @@ export class Stash {
     return path;
   }
 
-  /** A remote temporary object to delete (`DeleteURL`) when the request ends. */
+  /** A remote temporary object to delete (`DeleteURL`, a presigned DELETE) when the request ends. */
   remoteObject(deleteUrl: string): void {
-    this.remote.push(deleteUrl);
+    this.onClear(async () => {
+      const res = await this.outbound.request(deleteUrl, { method: 'DELETE', signal: AbortSignal.timeout(30_000) });
+      await res.body.dump({ limit: 1 });
+    });
+  }
+
+  /** Any other removal to run when the request ends (an object deleted with the own client). */
+  onClear(remove: () => Promise<void>): void {
+    // Registered by a store before it settles: clearing waits for the store, then runs it.
+    this.removals.push(remove);
   }
 
   private readonly pending: Promise<unknown>[] = [];
@@ -51,17 +60,10 @@ export class Stash {
     clearTimeout(timer);
     const errors: unknown[] = [];
     const files = this.files.splice(0);
-    const remote = this.remote.splice(0);
+    const removals = this.removals.splice(0);
     await Promise.all([
       ...files.map((f) => rm(f, { force: true }).catch((err: unknown) => errors.push(err))),
-      ...remote.map(async (url) => {
-        try {
-          const res = await this.outbound.request(url, { method: 'DELETE', signal: AbortSignal.timeout(30_000) });
-          await res.body.dump({ limit: 1 });
-        } catch (err) {
-          errors.push(err);
-        }
-      }),
+      ...removals.map((remove) => remove().catch((err: unknown) => errors.push(err))),
     ]);
     return errors;
   }
