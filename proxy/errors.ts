@@ -5,6 +5,7 @@ import { DirectiveError } from '../protocol/send-data.js';
 import { ScaleError } from '../scaler/index.js';
 import { bodyUnread, closeAfterAnswer } from './connection/linger.js';
 import { type ErrorPages, writeErrorPage } from './routes/error-pages.js';
+import { MetadataError } from './upload/exif/errors.js';
 import { StoreError } from './upload/store/errors.js';
 
 /** The HTTP error catalogue: one code, message and status per failure a client can see. */
@@ -35,6 +36,11 @@ export const EdgeInternal = createError('EDGE_INTERNAL', 'Internal Server Error'
 export const EdgeStaticMissing = createError('EDGE_STATIC_MISSING', 'Not Found', 404);
 export const EdgeUploadTooLarge = createError<[string]>('EDGE_UPLOAD_TOO_LARGE', 'Request Entity Too Large: %s', 413);
 export const EdgeUploadInvalid = createError<[string]>('EDGE_UPLOAD_INVALID', 'Bad Request: %s', 400);
+export const EdgeUploadUnprocessable = createError<[string, { cause: unknown }?]>(
+  'EDGE_UPLOAD_UNPROCESSABLE',
+  'Unprocessable Content: %s',
+  422,
+);
 export const EdgeUploadStoreFailed = createError('EDGE_UPLOAD_STORE_FAILED', 'Bad Gateway: the upload could not be stored', 502);
 export const EdgeUploadStoreTimeout = createError(
   'EDGE_UPLOAD_STORE_TIMEOUT',
@@ -75,6 +81,14 @@ export function toEdgeError(err: unknown, peer: Peer = 'backend'): FastifyError 
       case 'object-storage':
         return new EdgeUploadStoreFailed({ cause: err });
     }
+  }
+  if (err instanceof MetadataError) {
+    return new EdgeUploadUnprocessable(
+      err.reason === 'unsupported'
+        ? 'the image is in a format whose metadata cannot be removed'
+        : 'the image is malformed: its metadata cannot be removed',
+      { cause: err },
+    );
   }
   if (err instanceof ScaleError) {
     return err.code === 'EDGE_DIRECTIVE_INVALID' ? new EdgeDirectiveInvalid() : new EdgeSourceUnavailable({ cause: err });

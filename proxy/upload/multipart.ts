@@ -2,6 +2,7 @@
 import type { IncomingMessage } from 'node:http';
 import { Busboy, type BusboyInstance } from '@fastify/busboy';
 import { SIGNED_UPLOAD_FIELD, UPLOAD_KEYS } from '../../protocol/upload-fields.js';
+import { type StripOptions, saveStripped } from './exif/index.js';
 import { StoreError } from './store/errors.js';
 import { type StoredFile, type StoreOptions, storeFile } from './store/index.js';
 
@@ -39,13 +40,15 @@ export function baseName(filename: string): string {
  * Reads the multipart body part by part with busboy: each file is stored as it streams in (busboy
  * waits while a file is written, so memory stays flat), fields are kept in order. Resolves once
  * the body ended and every file is stored; rejects with a StoreError ('invalid' or 'too-large')
- * for a malformed or refused body, and when the client goes away.
+ * for a malformed or refused body, and when the client goes away. With `strip`, each file is
+ * stored with its metadata removed, or the body refused with a MetadataError.
  */
 export function readMultipart(
   req: IncomingMessage,
   maxFiles: number,
   store: Omit<StoreOptions, 'size'>,
   abort: AbortController,
+  strip?: StripOptions,
 ): Promise<Part[]> {
   return new Promise((resolve, reject) => {
     let bb: BusboyInstance;
@@ -111,7 +114,8 @@ export function readMultipart(
         return fail(new StoreError('invalid', 'only one file may be uploaded to object storage per request'));
       }
       for (const n of names) generated.add(n);
-      const stored = storeFile(stream, store).then((file): Part => ({ kind: 'file', name, filename: base, stored: file }));
+      const saved = strip === undefined ? storeFile(stream, store) : saveStripped(stream, strip, (clean) => storeFile(clean, store));
+      const stored = saved.then((file): Part => ({ kind: 'file', name, filename: base, stored: file }));
       stored.catch(fail);
       parts.push(stored);
     });
