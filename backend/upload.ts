@@ -167,6 +167,11 @@ export interface VerifyUploadFieldsOptions {
    * Strongly recommended.
    */
   tempPath?: string | readonly string[];
+  /**
+   * Fields that must hold a file: one that came through Outrider without one (a form submitted
+   * with its file input left empty) is refused with `EDGE_VERIFY_NO_FILE`, not `EDGE_VERIFY_MISSING`.
+   */
+  required?: string | readonly string[];
 }
 
 /**
@@ -183,6 +188,15 @@ export function verifyUploadFields(
   secret: Buffer,
   options: VerifyUploadFieldsOptions = {},
 ): UploadedFile[] {
+  const required = typeof options.required === 'string' ? [options.required] : (options.required ?? []);
+  const noFile = (field: string) =>
+    new OutriderVerificationError('EDGE_VERIFY_NO_FILE', `no file was sent in the field ${field}`, { statusCode: 400 });
+  if (present(headers, MULTIPART_FIELDS_HEADER) === undefined && required.length > 0) {
+    // No file at all: a request Outrider signed (a pre-authorized route whose body had no
+    // multipart form) says it came through; anything else did not.
+    const api = present(headers, API_REQUEST_HEADER);
+    if (api !== undefined && signedBy(api, secret)) throw noFile(required[0] as string);
+  }
   const claims = verifyJwt(header(headers, MULTIPART_FIELDS_HEADER, 400), secret);
   const rewritten = claims[REWRITTEN_FIELDS_CLAIM];
   if (typeof rewritten !== 'object' || rewritten === null || Array.isArray(rewritten)) {
@@ -239,6 +253,7 @@ export function verifyUploadFields(
       uploadDuration: duration !== undefined && Number.isFinite(duration) ? duration : undefined,
     });
   }
+  for (const field of required) if (!files.some((f) => f.field === field)) throw noFile(field);
   return files;
 }
 
@@ -282,6 +297,24 @@ export async function readFields(req: RequestBody, options: ReadFieldsOptions = 
 }
 
 /** One header's value; absent or repeated is refused. */
+/** A header's single string value, or undefined when absent, empty or repeated. */
+function present(headers: RequestHeaders, name: string): string | undefined {
+  try {
+    return header(headers, name, 400);
+  } catch {
+    return undefined;
+  }
+}
+
+function signedBy(token: string, secret: Buffer): boolean {
+  try {
+    verifyJwt(token, secret);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function header(headers: RequestHeaders, name: string, statusCode: number): string {
   let value: unknown;
   if (typeof headers.get === 'function') value = (headers as { get(name: string): string | null }).get(name) ?? undefined;

@@ -326,10 +326,11 @@ async function receiveAvatar(req: IncomingMessage, secret: Buffer, tempPath: str
   let file: UploadedFile | undefined;
   try {
     const fields = await readFields(req, { limit: FORM_LIMIT });
-    file = verifyUploadFields(req.headers, fields, secret, { tempPath }).find((f) => f.field === 'avatar');
+    file = verifyUploadFields(req.headers, fields, secret, { tempPath, required: 'avatar' }).find((f) => f.field === 'avatar');
   } catch (err) {
     if (!(err instanceof OutriderVerificationError)) throw err;
     if (err.code === 'EDGE_VERIFY_TOO_LARGE') return { status: 413, refused: 'Request Entity Too Large' };
+    if (err.code === 'EDGE_VERIFY_NO_FILE') return bad('choose an image to upload');
     if (err.code === 'EDGE_VERIFY_OUTSIDE') return bad('the avatar is not in the upload directory');
     if (err.code === 'EDGE_VERIFY_MISMATCH') return bad('the avatar fields are not the ones Outrider signed');
     return bad('uploads are accepted through Outrider only');

@@ -2,6 +2,8 @@
 export type VerificationCode =
   /** The header or field is not there (the request did not come through Outrider). */
   | 'EDGE_VERIFY_MISSING'
+  /** The request came through Outrider, but no file was sent in a field that needs one (an empty file input). */
+  | 'EDGE_VERIFY_NO_FILE'
   /** Not a three-part HS256 JWT, claims that are not an object, or a claim of the wrong type. */
   | 'EDGE_VERIFY_MALFORMED'
   /** The signature does not match: tampered with, or signed with another secret. */

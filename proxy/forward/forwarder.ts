@@ -27,13 +27,10 @@ export interface ForwardOptions {
 
 /**
  * A body sent to the backend in place of the client's (a rewritten upload): its Content-Type and
- * length replace the client's body headers, and `headers` are added.
+ * length replace the client's body headers, and `headers` are added. Without `body`, the client's
+ * own body goes as it came and only `headers` are added (a signed request that is not rewritten).
  */
-export interface BodyReplacement {
-  body: Buffer;
-  contentType: string;
-  headers: string[];
-}
+export type BodyReplacement = { body: Buffer; contentType: string; headers: string[] } | { body?: undefined; headers: string[] };
 
 /** Forwards one request to the backend and streams the answer back. Never throws. */
 export type Forwarder = (exchange: Exchange, replacement?: BodyReplacement) => void;
@@ -81,16 +78,15 @@ export function createForwarder(options: ForwardOptions): Forwarder {
       if (replacement !== undefined) {
         // The replacement's headers replace the client's of the same names.
         const replaced = replacement.headers.filter((_, i) => i % 2 === 0).map((name) => name.toLowerCase());
-        headers.list = withoutNamed(headers.list, [...BODY_HEADERS, ...replaced]);
-        headers.list.push(
-          'content-type',
-          replacement.contentType,
-          'content-length',
-          String(replacement.body.length),
-          ...replacement.headers,
-        );
-        body = replacement.body;
-      } else if (body !== null && opts.stallWatch !== undefined) {
+        if (replacement.body === undefined) headers.list = withoutNamed(headers.list, replaced);
+        else {
+          headers.list = withoutNamed(headers.list, [...BODY_HEADERS, ...replaced]);
+          headers.list.push('content-type', replacement.contentType, 'content-length', String(replacement.body.length));
+          body = replacement.body;
+        }
+        headers.list.push(...replacement.headers);
+      }
+      if (body === req && opts.stallWatch !== undefined) {
         opts.stallWatch.body(req, () => handler.onBodyStall());
       }
       upstream.dispatch(

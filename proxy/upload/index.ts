@@ -14,10 +14,11 @@ import type { Metrics } from '../observe/metrics/catalogue.js';
 import type { Outbound } from '../outbound/client.js';
 import type { ErrorPages } from '../routes/error-pages.js';
 import { type Authorization, apiRequestToken, authorize } from './authorize.js';
+import { saveStripped } from './exif/index.js';
 import { readMultipart } from './multipart.js';
 import { rewriteBody, rewriteMultipart } from './rewrite.js';
 import { StoreError } from './store/errors.js';
-import { type StoredFile, storeFile } from './store/index.js';
+import { type ObjectStorage, type StoredFile, storeFile } from './store/index.js';
 import { Stash } from './store/stash.js';
 
 type UploadRoute = Config['uploads']['routes'][number];
@@ -32,6 +33,8 @@ export interface UploadOptions {
   log: FastifyBaseLogger;
   isClosing: () => boolean;
   metrics?: Metrics | undefined;
+  /** `[object_storage]`: the own client for answers with `RemoteObject.UseWorkhorseClient`. */
+  objectStorage?: ObjectStorage | undefined;
   /** Set when `document_root` is: Outrider's own 5xx answers use `<status>.html`. */
   errorPages?: ErrorPages | undefined;
   /** `client_body_timeout`: an upload whose body stops arriving is answered 408 and its files removed. */
@@ -57,11 +60,14 @@ export function createUploads(opts: UploadOptions): Forwarder {
         ? matchRoute(routes, req.method as string, url)
         : undefined;
     if (route !== undefined) exchange.measure?.route(route.path.source);
-    if (route === undefined || (route.kind === 'multipart' && !isMultipart(req.headers['content-type']))) {
+    // A body that is not multipart on a multipart route carries no file to store: as in Workhorse,
+    // it is still authorized (and signed) when the route is, then forwarded as it came.
+    const files = route !== undefined && (route.kind === 'body' || isMultipart(req.headers['content-type']));
+    if (route === undefined || (!files && !route.preauthorize)) {
       opts.forward(exchange, replacement);
       return;
     }
-    handleUpload(route, exchange, opts, accessLog).catch((err: unknown) =>
+    handleUpload(route, files, exchange, opts, accessLog).catch((err: unknown) =>
       endOnFault(opts.log, exchange.requestId, exchange.res, err, 'upload', opts.errorPages),
     );
   };
@@ -77,7 +83,7 @@ function isMultipart(type: string | undefined): boolean {
   return type !== undefined && /^multipart\/form-data\s*(;|$)/i.test(type);
 }
 
-async function handleUpload(route: UploadRoute, exchange: Exchange, opts: UploadOptions, accessLog: AccessLog) {
+async function handleUpload(route: UploadRoute, files: boolean, exchange: Exchange, opts: UploadOptions, accessLog: AccessLog) {
   const { req, res, requestId, peer, started } = exchange;
   const log = opts.log.child({ requestId });
   const stash = new Stash(opts.outbound);
@@ -117,7 +123,7 @@ async function handleUpload(route: UploadRoute, exchange: Exchange, opts: Upload
       { ...fields, outcome: 'timeout', timeoutMs: opts.stallWatch?.bodyTimeoutMs, durationMs: elapsed(started) },
       'upload body timeout: the body stopped arriving',
     );
-    opts.metrics?.upload('failed', req);
+    opts.metrics?.upload('rejected', req);
     // Answered first, then the store is stopped; its files go when the response closes.
     answer(new EdgeBodyTimeout());
     abort.abort();
@@ -144,6 +150,7 @@ async function handleUpload(route: UploadRoute, exchange: Exchange, opts: Upload
         return;
       }
       auth = result.ok;
+      if (result.wwwAuthenticate !== undefined && result.wwwAuthenticate !== '') res.setHeader('WWW-Authenticate', result.wwwAuthenticate);
     }
     const store = {
       destination: auth.destination,
@@ -153,9 +160,20 @@ async function handleUpload(route: UploadRoute, exchange: Exchange, opts: Upload
       outbound: opts.outbound,
       tempDir: opts.uploads.tempDir,
       signal: abort.signal,
+      objectStorage: opts.objectStorage,
+      fileMode: opts.uploads.fileMode,
     };
     // Signed when the request is sent, not when the upload began: a backend checks the token's age.
     const signed = (): string[] => (route.preauthorize ? [API_REQUEST, apiRequestToken(opts.secret)] : []);
+    if (!files) {
+      log.info(
+        { ...fields, outcome: 'not-multipart', durationMs: elapsed(started) },
+        'upload route: no multipart body, forwarded as it came',
+      );
+      forward({ headers: signed() });
+      return;
+    }
+    const strip = { tempDir: opts.uploads.tempDir };
     let stored: StoredFile[];
     let replacement: BodyReplacement;
     if (route.kind === 'body') {
@@ -163,12 +181,15 @@ async function handleUpload(route: UploadRoute, exchange: Exchange, opts: Upload
       if (auth.maxSize > 0 && declared !== undefined && declared > auth.maxSize) {
         throw new StoreError('too-large', `the body is larger than the ${auth.maxSize} bytes allowed`);
       }
-      const file = await storeFile(req, { ...store, ...(declared === undefined ? {} : { size: declared }) });
+      // Stripped, the file is shorter than the body: its declared length no longer applies.
+      const file = route.strip_exif
+        ? await saveStripped(req, strip, (clean) => storeFile(clean, store))
+        : await storeFile(req, { ...store, ...(declared === undefined ? {} : { size: declared }) });
       if (res.destroyed) return;
       stored = [file];
       replacement = rewriteBody(file, opts.secret, signed());
     } else {
-      const parts = await readMultipart(req, opts.uploads.maxFiles, store, abort);
+      const parts = await readMultipart(req, opts.uploads.maxFiles, store, abort, route.strip_exif ? strip : undefined);
       if (res.destroyed) return;
       stored = parts.flatMap((part) => (part.kind === 'file' ? [part.stored] : []));
       replacement = rewriteMultipart(parts, opts.secret, signed());
@@ -182,9 +203,14 @@ async function handleUpload(route: UploadRoute, exchange: Exchange, opts: Upload
     if (res.destroyed || res.writableEnded) return;
     // The store and the multipart reader throw StoreError; anything else is the authorize request's.
     const edge = toEdgeError(err, 'backend');
-    const level = edge.statusCode !== undefined && edge.statusCode < 500 ? 'info' : 'error';
-    log[level]({ ...fields, err, outcome: 'failed', status: edge.statusCode, durationMs: elapsed(started) }, 'upload failed');
-    opts.metrics?.upload('failed', req);
+    // A 4xx is the client's upload at fault (too large, malformed): not a failure of Outrider's.
+    const rejected = edge.statusCode !== undefined && edge.statusCode < 500;
+    const outcome = rejected ? 'rejected' : 'failed';
+    log[rejected ? 'info' : 'error'](
+      { ...fields, err, outcome, status: edge.statusCode, durationMs: elapsed(started) },
+      `upload ${outcome}`,
+    );
+    opts.metrics?.upload(outcome, req);
     answer(edge);
   }
 }

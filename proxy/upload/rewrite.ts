@@ -30,13 +30,11 @@ export function rewriteMultipart(parts: readonly Part[], secret: Buffer, headers
   const boundary = `outrider-${randomBytes(16).toString('hex')}`;
   const chunks: Buffer[] = [];
   const rewritten: Record<string, string> = {};
-  let files = 0;
   for (const part of parts) {
     if (part.kind === 'field') {
       chunks.push(formPart(boundary, part.name, part.value, part.contentType));
       continue;
     }
-    files++;
     rewritten[part.name] = part.stored.path;
     for (const [name, value] of fileFields(part.name, part.filename, part.stored, secret))
       chunks.push(formPart(boundary, name, Buffer.from(value)));
@@ -45,7 +43,9 @@ export function rewriteMultipart(parts: readonly Part[], secret: Buffer, headers
   return {
     body: Buffer.concat(chunks),
     contentType: `multipart/form-data; boundary=${boundary}`,
-    headers: [...(files > 0 ? [MULTIPART_FIELDS, signJwt({ [REWRITTEN_FIELDS_CLAIM]: rewritten, iss: ISSUER }, secret)] : []), ...headers],
+    // Signed even when no file came (an empty file input): the backend can tell "no file" from
+    // "not through Outrider". Workhorse sends it only with files; Rails reads an empty one the same.
+    headers: [MULTIPART_FIELDS, signJwt({ [REWRITTEN_FIELDS_CLAIM]: rewritten, iss: ISSUER }, secret), ...headers],
   };
 }
 

@@ -426,6 +426,27 @@ describe('verifyUploadFields', () => {
     ).toBe('rewritten_fields is not an object');
   });
 
+  it('tells a form that came through Outrider with no file apart from one that did not come through it', () => {
+    const options = { tempPath: TEMP, required: 'avatar' };
+    const empty = new URLSearchParams([
+      ['title', 'hello'],
+      ['avatar', ''],
+    ]);
+    // An empty file input on a multipart route: Outrider signs an empty rewritten_fields.
+    const noFile = refusal(() => verifyUploadFields(fieldsHeader({}), empty, SECRET, options));
+    expect([noFile.code, noFile.statusCode, noFile.message]).toEqual(['EDGE_VERIFY_NO_FILE', 400, 'no file was sent in the field avatar']);
+    expect(verifyUploadFields(fieldsHeader({}), empty, SECRET, { tempPath: TEMP })).toEqual([]);
+    // A body that was not multipart on a pre-authorized route: only the API request token is there.
+    const api = { 'gitlab-workhorse-api-request': signJwt({ iss: 'gitlab-workhorse', iat: Math.floor(Date.now() / 1000) }, SECRET) };
+    expect(refusal(() => verifyUploadFields(api, empty, SECRET, options)).code).toBe('EDGE_VERIFY_NO_FILE');
+    // Neither header, or a forged token: not through Outrider.
+    expect(refusal(() => verifyUploadFields({}, empty, SECRET, options)).code).toBe('EDGE_VERIFY_MISSING');
+    const forged = { 'gitlab-workhorse-api-request': signJwt({ iss: 'gitlab-workhorse' }, OTHER) };
+    expect(refusal(() => verifyUploadFields(forged, empty, SECRET, options)).code).toBe('EDGE_VERIFY_MISSING');
+    // A required field whose file is there passes.
+    expect(verifyUploadFields(fieldsHeader({ avatar: AVATAR.path }), genuine(), SECRET, options)).toHaveLength(1);
+  });
+
   it('refuses a missing, unsigned, foreign-signed or tampered upload token', () => {
     const without = genuine();
     without.delete('avatar.gitlab-workhorse-upload');

@@ -109,6 +109,13 @@ describe('npm start', () => {
       return request(url, { method: 'POST', body: form, headers });
     };
 
+    // A form sent with its file input left empty came through Outrider: the backend says what is missing.
+    const empty = new FormData();
+    empty.append('avatar', new Blob([]), '');
+    const none = await request(`${base}/uploads/avatar`, { method: 'POST', body: empty });
+    expect(none.statusCode).toBe(400);
+    expect(await none.body.text()).toBe('Bad Request: choose an image to upload\n');
+
     const first = await upload(png, `${stem}.png`);
     expect(first.statusCode).toBe(303);
     expect(first.headers.location).toBe('/');

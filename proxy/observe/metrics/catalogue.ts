@@ -19,8 +19,13 @@ import {
  */
 const IMAGE_RESIZE_STATUSES = [...new Set(Object.values(IMAGE_RESIZE_STATUS))];
 
-/** `upload_requests_total{outcome}` and `upload_bytes_total{outcome}` values. */
-export const UPLOAD_OUTCOMES = ['stored', 'refused', 'failed'] as const;
+/**
+ * `upload_requests_total{outcome}` and `upload_bytes_total{outcome}` values: stored and forwarded,
+ * refused by the backend's authorize answer, rejected for the client's fault (a 4xx: too large,
+ * malformed, an image whose metadata cannot be removed, a body that stopped arriving), failed on
+ * Outrider's or a store's side (a 5xx: what an alert should watch).
+ */
+export const UPLOAD_OUTCOMES = ['stored', 'refused', 'rejected', 'failed'] as const;
 export type UploadOutcome = (typeof UPLOAD_OUTCOMES)[number];
 
 /** The `route` label of a request only the catch-all matched (plain proxying). */

@@ -1,11 +1,13 @@
-import { readdirSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import { connect } from 'node:net';
-import { request } from 'undici';
+import { dirname, join } from 'node:path';
+import { FormData, request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { verifyJwt } from '../../../protocol/jwt.js';
 import { startProxy } from '../../helpers/app.js';
 import { readBody, startBackend } from '../../helpers/backend.js';
+import { API_TYPE } from '../../helpers/uploads.js';
 import { form, localAnswer, newDir, type Received, routesToml, SECRET, uploadBackend, waitFor } from './setup.js';
 
 describe('accelerated multipart uploads', () => {
@@ -215,8 +217,15 @@ describe('accelerated multipart uploads', () => {
     expect(backend.received).toHaveLength(0);
   });
 
-  it('proxies unchanged what matches no route, and non-multipart bodies on a multipart route', async () => {
+  it('proxies unchanged what matches no route, and non-multipart bodies on a multipart route after authorizing them', async () => {
+    const authorized: string[] = [];
     const backend = await startBackend(async (req, res) => {
+      if (req.url?.endsWith('/authorize')) {
+        authorized.push(req.url);
+        if (req.url.startsWith('/uploads/denied')) return void res.writeHead(401, { 'www-authenticate': 'Basic realm="x"' }).end('no');
+        res.writeHead(200, { 'content-type': API_TYPE, 'www-authenticate': 'Bearer realm="registry"' });
+        return void res.end(JSON.stringify({ TempPath: newDir() }));
+      }
       const body = await readBody(req);
       res.end(
         JSON.stringify({
@@ -224,20 +233,55 @@ describe('accelerated multipart uploads', () => {
           type: req.headers['content-type'],
           body: body.toString(),
           fields: req.headers['gitlab-workhorse-multipart-fields'] ?? null,
+          signed:
+            req.headers['gitlab-workhorse-api-request'] === undefined
+              ? null
+              : verifyJwt(req.headers['gitlab-workhorse-api-request'] as string, SECRET).iss,
         }),
       );
     });
     const proxy = await startProxy(backend.url, { toml: routesToml(newDir()) });
-    const plain = await request(`${proxy.url}/uploads/user`, {
-      method: 'POST',
-      headers: { 'content-type': 'text/plain', 'gitlab-workhorse-multipart-fields': 'forged' },
+    const plain = (path: string) =>
+      request(`${proxy.url}${path}`, {
+        method: 'POST',
+        headers: { 'content-type': 'text/plain', 'gitlab-workhorse-multipart-fields': 'forged' },
+        body: 'REQUEST',
+      });
+    // Pre-authorized route: asked first, then forwarded as it came, signed; the authorize answer's
+    // WWW-Authenticate reaches the client, as in Workhorse.
+    const asked = await plain('/uploads/user');
+    expect(asked.headers['www-authenticate']).toBe('Bearer realm="registry"');
+    expect(await asked.body.json()).toEqual({
+      url: '/uploads/user',
+      type: 'text/plain',
       body: 'REQUEST',
+      fields: null,
+      signed: 'gitlab-workhorse',
     });
-    expect(await plain.body.json()).toEqual({ url: '/uploads/user', type: 'text/plain', body: 'REQUEST', fields: null });
+    expect(authorized).toEqual(['/uploads/user/authorize']);
+    const denied = await plain('/uploads/denied');
+    expect([denied.statusCode, denied.headers['www-authenticate'], await denied.body.text()]).toEqual([401, 'Basic realm="x"', 'no']);
+    // A route without pre-authorization: forwarded unchanged, unsigned, nobody asked.
+    const open = await plain('/open/x');
+    expect(await open.body.json()).toEqual({ url: '/open/x', type: 'text/plain', body: 'REQUEST', fields: null, signed: null });
+    expect(authorized).toEqual(['/uploads/user/authorize', '/uploads/denied/authorize']);
     const other = await request(`${proxy.url}/elsewhere`, { method: 'POST', body: form([['file', { data: 'kept', filename: 'a' }]]) });
     const echoed = (await other.body.json()) as { body: string; fields: unknown };
     expect(echoed.body).toContain('kept');
     expect(echoed.fields).toBeNull();
+  });
+
+  it('signs the fields header even when the form carries no file, so the backend knows it came through', async () => {
+    const backend = await uploadBackend(localAnswer(newDir()));
+    const proxy = await startProxy(backend.url, { toml: routesToml(newDir()) });
+    const body = new FormData();
+    body.append('title', 'hello');
+    body.append('file', new Blob([]), '');
+    const res = await request(`${proxy.url}/uploads/x`, { method: 'POST', body });
+    expect(res.statusCode).toBe(201);
+    await res.body.dump();
+    const header = backend.received[0]?.headers['gitlab-workhorse-multipart-fields'] as string;
+    expect(verifyJwt(header, SECRET)).toMatchObject({ rewritten_fields: {}, iss: 'gitlab-workhorse' });
   });
 
   it('stores uploads of routes without pre-authorization in temp_dir, unsigned', async () => {
@@ -253,5 +297,37 @@ describe('accelerated multipart uploads', () => {
     expect(got.headers['gitlab-workhorse-api-request']).toBeUndefined();
     await waitFor(() => readdirSync(tempDir).length === 0);
     expect(readdirSync(tempDir)).toEqual([]);
+  });
+});
+
+describe('[uploads] file_mode', () => {
+  it('stores files 0600 in a 0700 directory by default, and with file_mode "0640" readable by the group', async () => {
+    for (const [mode, file, dir] of [
+      [undefined, 0o600, 0o700],
+      ['0640', 0o640, 0o750],
+    ] as const) {
+      const modes: number[] = [];
+      const backend = await startBackend(async (req, res) => {
+        const body = await readBody(req);
+        const parsed = await new Response(body, { headers: { 'content-type': req.headers['content-type'] ?? '' } }).formData();
+        const path = String(parsed.get('file.path'));
+        modes.push(statSync(path).mode & 0o777, statSync(dirname(path)).mode & 0o777);
+        res.end('ok');
+      });
+      const tempDir = join(newDir(), 'created-by-outrider');
+      const proxy = await startProxy(backend.url, {
+        toml: routesToml(tempDir).replace('[uploads]\n', `[uploads]\n${mode === undefined ? '' : `file_mode = "${mode}"\n`}`),
+      });
+      const res = await request(`${proxy.url}/open/x`, {
+        method: 'POST',
+        body: form([['file', { data: 'secret bytes', filename: 'a.txt' }]]),
+      });
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+      expect(
+        modes.map((m) => m.toString(8)),
+        String(mode),
+      ).toEqual([file.toString(8), dir.toString(8)]);
+    }
   });
 });

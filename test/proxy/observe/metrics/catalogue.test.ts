@@ -240,6 +240,10 @@ describe('Prometheus metrics', () => {
       if (req.url === '/uploads/small/authorize') {
         return void res.writeHead(200, { 'content-type': API_TYPE }).end(JSON.stringify({ TempPath: store, MaximumSize: 1000 }));
       }
+      if (req.url === '/uploads/broken/authorize') {
+        // A directory that cannot exist (its parent is a file): Outrider's own failure, a 500.
+        return void res.writeHead(200, { 'content-type': API_TYPE }).end(JSON.stringify({ TempPath: '/etc/hostname/not-a-directory' }));
+      }
       await readBody(req);
       res.writeHead(201).end('created');
     });
@@ -255,22 +259,26 @@ describe('Prometheus metrics', () => {
     expect(await upload('/open/a', 4000)).toBe(201);
     expect(await upload('/uploads/refuse', 4000)).toBe(403);
     expect(await upload('/uploads/small', 50_000)).toBe(413);
+    expect(await upload('/uploads/broken', 4000)).toBe(500);
     await new Promise((r) => setTimeout(r, 50));
 
     const m = await scrape(proxy.app);
     expect(m.value('outrider_upload_requests_total', { outcome: 'stored' })).toBe(1);
     expect(m.value('outrider_upload_requests_total', { outcome: 'refused' })).toBe(1);
+    // An oversized file is the client's fault, not a failure an alert should fire on.
+    expect(m.value('outrider_upload_requests_total', { outcome: 'rejected' })).toBe(1);
     expect(m.value('outrider_upload_requests_total', { outcome: 'failed' })).toBe(1);
     // Stored: the whole request, file and multipart framing. Refused: read before the answer.
-    // Failed: read until the file passed MaximumSize.
+    // Rejected: read until the file passed MaximumSize.
     const stored = m.value('outrider_upload_bytes_total', { outcome: 'stored' });
     expect(stored).toBeGreaterThan(4000);
     expect(stored).toBeLessThan(5000);
     expect(m.value('outrider_upload_bytes_total', { outcome: 'refused' })).toBeGreaterThan(0);
-    expect(m.value('outrider_upload_bytes_total', { outcome: 'failed' })).toBeGreaterThan(1000);
+    expect(m.value('outrider_upload_bytes_total', { outcome: 'rejected' })).toBeGreaterThan(1000);
     expect(m.value('outrider_http_requests_total', { code: '201', method: 'POST', route: '^/open/' })).toBe(1);
     expect(m.value('outrider_http_requests_total', { code: '403', method: 'POST', route: '^/uploads/' })).toBe(1);
     expect(m.value('outrider_http_requests_total', { code: '413', method: 'POST', route: '^/uploads/' })).toBe(1);
+    expect(m.value('outrider_http_requests_total', { code: '500', method: 'POST', route: '^/uploads/' })).toBe(1);
   });
 
   it('use metrics_namespace: "gitlab_workhorse" gives Workhorse’s names; Node process metrics come along', async () => {
