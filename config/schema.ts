@@ -111,7 +111,11 @@ const uploadRoute = z.strictObject({
   }),
   preauthorize: z.boolean({ error: 'expected true or false' }).default(true),
   kind: z.enum(['multipart', 'body'], { error: 'expected "multipart" or "body"' }).default('multipart'),
+  strip_exif: z.boolean({ error: 'expected true or false' }).default(false),
 });
+
+const FILE_MODE =
+  'expected an octal file mode like "0600" or "0640": read and write for the owner, no execute bit, no write for others';
 
 const uploads = z.strictObject({
   temp_dir: z
@@ -119,8 +123,72 @@ const uploads = z.strictObject({
     .refine((p) => isAbsolute(p), { message: 'expected an absolute directory path' })
     .default('/var/tmp/outrider'),
   max_files: wholeNumber('a number of file parts', 1).max(1000, { error: 'expected at most 1000 file parts' }).default(10),
+  file_mode: z
+    .string({ error: FILE_MODE })
+    .regex(/^0?[0-7]{3}$/, { error: FILE_MODE })
+    .transform((text) => Number.parseInt(text, 8))
+    .refine((mode) => (mode & 0o600) === 0o600 && (mode & 0o113) === 0, { error: FILE_MODE })
+    .default(0o600),
   routes: z.array(uploadRoute, { error: 'expected [[uploads.routes]] tables' }).default([]),
 });
+
+/** A credential key: an empty string is no key, as in Workhorse (omnibus writes `""` for unset ones). */
+const credential = (what: string) =>
+  z
+    .string({ error: `expected ${what} as a string` })
+    .optional()
+    .transform((v) => (v === '' ? undefined : v));
+
+/**
+ * `[object_storage]`: Outrider's own object storage client, for authorize answers with
+ * `RemoteObject.UseWorkhorseClient` (Workhorse `ObjectStorageCredentials`, same key names). The
+ * bucket, region, endpoint and encryption come from the backend's answer; only credentials live
+ * here. Without keys the AWS SDK's default chain is used (environment, shared files, web
+ * identity, ECS or EC2 instance role).
+ */
+const objectStorage = z
+  .strictObject({
+    provider: z
+      .string({ error: 'expected "AWS" (the one provider Outrider has a client for)' })
+      .refine((p) => /^(aws|s3)$/i.test(p), {
+        error: (issue) => `expected "AWS" (the one provider Outrider has a client for), got ${JSON.stringify(issue.input)}`,
+      })
+      .transform(() => 'AWS' as const),
+    s3: z
+      .strictObject({
+        aws_access_key_id: credential('an access key id'),
+        aws_secret_access_key: credential('a secret access key'),
+        aws_session_token: credential('a session token'),
+      })
+      .prefault({}),
+  })
+  .superRefine((o, ctx) => {
+    const { aws_access_key_id: id, aws_secret_access_key: secret, aws_session_token: token } = o.s3;
+    if ((id === undefined) !== (secret === undefined)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['s3'],
+        message: 'expected aws_access_key_id and aws_secret_access_key together, or neither (the default credential chain)',
+      });
+    } else if (token !== undefined && id === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['s3', 'aws_session_token'],
+        message: 'expected aws_access_key_id and aws_secret_access_key with a session token',
+      });
+    }
+  })
+  .transform((o) => ({
+    provider: o.provider,
+    credentials:
+      o.s3.aws_access_key_id === undefined || o.s3.aws_secret_access_key === undefined
+        ? undefined
+        : {
+            accessKeyId: o.s3.aws_access_key_id,
+            secretAccessKey: o.s3.aws_secret_access_key,
+            ...(o.s3.aws_session_token === undefined ? {} : { sessionToken: o.s3.aws_session_token }),
+          },
+  }));
 
 /** A listener address key: "host:port" or "unix:/absolute/path", like listen_addr. */
 const listenAddress = (what: string) =>
@@ -208,6 +276,7 @@ const fileSchema = z.strictObject({
   image_resizer: imageResizer.prefault({}),
   outbound: outbound.prefault({}),
   uploads: uploads.prefault({}),
+  object_storage: objectStorage.optional(),
 });
 
 /** The TOML file's shape (snake_case), mapped once to the camelCase `Config`. */
@@ -239,6 +308,7 @@ export const configSchema = fileSchema.superRefine(checkListeners).transform((f)
   uploads: {
     tempDir: f.uploads.temp_dir,
     maxFiles: f.uploads.max_files,
+    fileMode: f.uploads.file_mode,
     routes: f.uploads.routes,
   },
   outbound: {
@@ -249,6 +319,7 @@ export const configSchema = fileSchema.superRefine(checkListeners).transform((f)
     maxRedirects: f.outbound.max_redirects,
     maxResponseBytes: f.outbound.max_response_bytes,
   },
+  objectStorage: f.object_storage,
 }));
 
 export type Config = z.output<typeof configSchema>;

@@ -51,7 +51,8 @@ describe('configuration', () => {
         maxRedirects: 5,
         maxResponseBytes: 10 * 1024 ** 3,
       },
-      uploads: { tempDir: '/var/tmp/outrider', maxFiles: 10, routes: [] },
+      uploads: { tempDir: '/var/tmp/outrider', maxFiles: 10, fileMode: 0o600, routes: [] },
+      objectStorage: undefined,
     });
     expect(DEFAULT_MAX_SCALER_PROCS).toBeGreaterThanOrEqual(2);
   });
@@ -93,10 +94,16 @@ describe('configuration', () => {
       'max_response_bytes',
       'temp_dir',
       'max_files',
+      'file_mode',
       'method',
       'path',
       'preauthorize',
       'kind',
+      'strip_exif',
+      'provider',
+      'aws_access_key_id',
+      'aws_secret_access_key',
+      'aws_session_token',
     ]) {
       expect(text).toMatch(new RegExp(`^#? ?${key} = `, 'm'));
     }
@@ -164,6 +171,10 @@ max_filesize = 0
     );
     expect(errorOf('[image_resizer]\nmax_scaler_procs = 2.5')).toContain('as a whole number');
     expect(errorOf('[image_resizer]\nmax_filesize = -1')).toContain('image_resizer.max_filesize: expected a size in bytes of at least 0');
+    for (const mode of ['"0644x"', '"0400"', '"0755"', '"0666"', '640']) {
+      expect(errorOf(`[uploads]\nfile_mode = ${mode}`), mode).toContain('uploads.file_mode: expected an octal file mode like "0600" or "0640"');
+    }
+    expect(loadConfig('[uploads]\nfile_mode = "0640"').uploads.fileMode).toBe(0o640);
     expect(errorOf('[outbound]\nallowed_hosts = ["http://x"]')).toContain(
       'outbound.allowed_hosts.0: expected "*" (any public host), a host name, "*.example.com", an IP address or a CIDR range like "10.0.0.0/8", got "http://x"',
     );
@@ -171,6 +182,30 @@ max_filesize = 0
     expect(errorOf('[outbound]\nmax_response_bytes = 0')).toContain('outbound.max_response_bytes: expected a size in bytes of at least 1');
     expect(errorOf('[outbound]\nmax_redirects = 50')).toContain('outbound.max_redirects: expected at most 20 redirects');
     expect(errorOf('image_resizer = 3')).toContain('image_resizer: Invalid input: expected object, received number');
+  });
+
+  it("reads [object_storage] with Workhorse's key names: static keys, or none for the default credential chain", () => {
+    expect(loadConfig('[object_storage]\nprovider = "AWS"').objectStorage).toEqual({ provider: 'AWS', credentials: undefined });
+    // Empty keys are no keys, as omnibus writes them.
+    expect(
+      loadConfig('[object_storage]\nprovider = "s3"\n[object_storage.s3]\naws_access_key_id = ""\naws_secret_access_key = ""')
+        .objectStorage,
+    ).toEqual({
+      provider: 'AWS',
+      credentials: undefined,
+    });
+    expect(
+      loadConfig('[object_storage]\nprovider = "AWS"\n[object_storage.s3]\naws_access_key_id = "AKID"\naws_secret_access_key = "SECRET"')
+        .objectStorage,
+    ).toEqual({ provider: 'AWS', credentials: { accessKeyId: 'AKID', secretAccessKey: 'SECRET' } });
+    expect(errorOf('[object_storage]\nprovider = "AzureRM"')).toContain(
+      'object_storage.provider: expected "AWS" (the one provider Outrider has a client for), got "AzureRM"',
+    );
+    expect(errorOf('[object_storage.s3]\naws_access_key_id = "AKID"')).toContain('object_storage.provider: expected "AWS"');
+    expect(errorOf('[object_storage]\nprovider = "AWS"\n[object_storage.s3]\naws_access_key_id = "AKID"')).toContain(
+      'object_storage.s3: expected aws_access_key_id and aws_secret_access_key together, or neither (the default credential chain)',
+    );
+    expect(errorOf('[object_storage]\nprovider = "AWS"\n[object_storage.s3]\naws_acess_key_id = "AKID"')).toContain('aws_acess_key_id');
   });
 
   it('reads workers as a count from 1 to 64 or "auto", one per CPU', () => {
