@@ -114,8 +114,7 @@ const uploadRoute = z.strictObject({
   strip_exif: z.boolean({ error: 'expected true or false' }).default(false),
 });
 
-const FILE_MODE =
-  'expected an octal file mode like "0600" or "0640": read and write for the owner, no execute bit, no write for others';
+const FILE_MODE = 'expected an octal file mode like "0600" or "0640": read and write for the owner, no execute bit, no write for others';
 
 const uploads = z.strictObject({
   temp_dir: z

@@ -172,7 +172,9 @@ max_filesize = 0
     expect(errorOf('[image_resizer]\nmax_scaler_procs = 2.5')).toContain('as a whole number');
     expect(errorOf('[image_resizer]\nmax_filesize = -1')).toContain('image_resizer.max_filesize: expected a size in bytes of at least 0');
     for (const mode of ['"0644x"', '"0400"', '"0755"', '"0666"', '640']) {
-      expect(errorOf(`[uploads]\nfile_mode = ${mode}`), mode).toContain('uploads.file_mode: expected an octal file mode like "0600" or "0640"');
+      expect(errorOf(`[uploads]\nfile_mode = ${mode}`), mode).toContain(
+        'uploads.file_mode: expected an octal file mode like "0600" or "0640"',
+      );
     }
     expect(loadConfig('[uploads]\nfile_mode = "0640"').uploads.fileMode).toBe(0o640);
     expect(errorOf('[outbound]\nallowed_hosts = ["http://x"]')).toContain(
