@@ -9,10 +9,10 @@
  *   incomplete support", lib/middleware/authentication.js). The front verifies every signature,
  *   header or presigned query, with the S3RVER secret, and refuses unsigned requests: a URL that
  *   Outrider altered, or a request the SDK signed wrong, fails here as it would on S3;
- * - it answers AbortMultipartUpload (DELETE ?uploadId=) with 405. The front removes the upload's
- *   parts from s3rver's directory and answers 204, as S3 does, and refuses later parts for it
- *   (404 NoSuchUpload, where s3rver would reopen it); `pendingUploads()` lists the multipart
- *   uploads left open.
+ * - it answers AbortMultipartUpload (DELETE ?uploadId=) with 405. The front answers 204, as S3
+ *   does, forgets the upload and refuses later parts for it (404 NoSuchUpload, where s3rver would
+ *   reopen it); `pendingUploads()` lists the multipart uploads left open. The aborted parts' files
+ *   stay in s3rver's directory until it closes.
  * Also unlike S3: a completed multipart object's ETag is the MD5 of its whole content, not the
  * MD5 of the part MD5s followed by "-<parts>".
  */
@@ -84,6 +84,10 @@ export async function startS3(bucket = 'uploads'): Promise<S3Server> {
   // A part that arrived before its upload was aborted can still land after it (s3rver recreates
   // the upload's folder for it): aborted ids are remembered, as S3 forgets an aborted upload.
   const aborted = new Set<string>();
+  // Requests s3rver is still handling: its part files are written by streams with no error
+  // handler, so nothing they write into may be removed under them (an abort, the end of a test).
+  const handling = new Set<Promise<void>>();
+  const settled = () => Promise.all(handling.keys());
   const server = createServer((req, res) => {
     requests.push({ method: req.method as string, url: req.url as string, headers: req.headers });
     const refusal = checkSignature(req);
@@ -97,12 +101,17 @@ export async function startS3(bucket = 'uploads'): Promise<S3Server> {
     if (req.method === 'DELETE' && uploadId !== null) {
       // AbortMultipartUpload, which s3rver lacks: its parts go, as on S3.
       if (!open) return s3Error(res, 404, 'NoSuchUpload', 'The specified upload does not exist.');
+      // Forgotten, as S3 forgets it: later parts are refused above, and pendingUploads() leaves it
+      // out. Its part files stay on disk until the server closes: a part s3rver is still writing
+      // (its stream has no error handler) must not have its folder removed under it.
       aborted.add(uploadId);
-      rmSync(join(uploadsDir, uploadId), { recursive: true, force: true });
       req.resume();
       res.writeHead(204).end();
       return;
     }
+    const done = new Promise<void>((resolve) => res.once('close', () => setImmediate(resolve)));
+    handling.add(done);
+    void done.then(() => handling.delete(done));
     app(req, res);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -120,6 +129,7 @@ export async function startS3(bucket = 'uploads'): Promise<S3Server> {
     client.destroy();
     server.closeAllConnections();
     await new Promise<void>((resolve) => server.close(() => resolve()));
+    await Promise.race([settled(), new Promise((r) => setTimeout(r, 2000))]);
     rmSync(directory, { recursive: true, force: true });
   };
   onTestFinished(close);
