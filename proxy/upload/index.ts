@@ -117,6 +117,14 @@ async function handleUpload(route: UploadRoute, files: boolean, exchange: Exchan
     answer(new EdgeRequestInvalid(duplicate));
     return;
   }
+  if (!files && /^multipart\//i.test(req.headers['content-type'] ?? '')) {
+    // Another multipart type (multipart/mixed…) would reach the backend with its files unstored
+    // and unchecked, but signed: refused, as nothing here reads it.
+    log.info({ ...fields, outcome: 'rejected', status: 400 }, 'upload refused: a multipart body that is not multipart/form-data');
+    opts.metrics?.upload('rejected', req);
+    answer(new EdgeRequestInvalid('uploads must be multipart/form-data'));
+    return;
+  }
   opts.stallWatch?.body(req, () => {
     if (res.writableEnded || res.destroyed || forwarded) return;
     log.warn(
@@ -173,7 +181,7 @@ async function handleUpload(route: UploadRoute, files: boolean, exchange: Exchan
       forward({ headers: signed() });
       return;
     }
-    const strip = { tempDir: opts.uploads.tempDir };
+    const strip = { tempDir: opts.uploads.tempDir, maxSize: auth.maxSize, fileMode: opts.uploads.fileMode };
     let stored: StoredFile[];
     let replacement: BodyReplacement;
     if (route.kind === 'body') {

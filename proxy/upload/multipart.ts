@@ -2,7 +2,7 @@
 import type { IncomingMessage } from 'node:http';
 import { Busboy, type BusboyInstance } from '@fastify/busboy';
 import { SIGNED_UPLOAD_FIELD, UPLOAD_KEYS } from '../../protocol/upload-fields.js';
-import { type StripOptions, saveStripped } from './exif/index.js';
+import { type SaveStrippedOptions, saveStripped } from './exif/index.js';
 import { StoreError } from './store/errors.js';
 import { type StoredFile, type StoreOptions, storeFile } from './store/index.js';
 
@@ -48,7 +48,7 @@ export function readMultipart(
   maxFiles: number,
   store: Omit<StoreOptions, 'size'>,
   abort: AbortController,
-  strip?: StripOptions,
+  strip?: SaveStrippedOptions,
 ): Promise<Part[]> {
   return new Promise((resolve, reject) => {
     let bb: BusboyInstance;

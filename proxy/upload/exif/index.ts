@@ -1,5 +1,6 @@
-import { mkdir } from 'node:fs/promises';
-import { PassThrough, Readable } from 'node:stream';
+import { Readable, Transform } from 'node:stream';
+import { ensureDirectory } from '../store/disk.js';
+import { StoreError } from '../store/errors.js';
 import { MetadataError } from './errors.js';
 import { stripJpeg } from './jpeg.js';
 import { stripPng } from './png.js';
@@ -86,27 +87,45 @@ async function* strip(input: ByteReader, opts: StripOptions): AsyncGenerator<Buf
   }
 }
 
+export interface SaveStrippedOptions extends StripOptions {
+  /** `MaximumSize`; 0: no limit. */
+  maxSize: number;
+  /** `[uploads] file_mode`, for a scratch directory made here. */
+  fileMode?: number | undefined;
+}
+
 /**
  * Stores `input` with its metadata removed: `save` gets the stripped stream. A file whose
- * metadata cannot be removed fails with its MetadataError, whatever `save` made of the failure,
- * and the stripped stream (with any scratch file) is gone before this settles. `input` itself is
- * never destroyed: it may be the client's request, still to be answered.
+ * metadata cannot be removed fails with its MetadataError, and one whose input passes `maxSize`
+ * (what the stripped file may be: a TIFF is spooled whole before anything comes out) with a
+ * StoreError('too-large'), whatever `save` made of the failure; the stripped stream (with any
+ * scratch file) is gone before this settles. `input` itself is never destroyed: it may be the
+ * client's request, still to be answered.
  */
-export async function saveStripped<T>(input: Readable, opts: StripOptions, save: (stripped: Readable) => Promise<T>): Promise<T> {
-  await mkdir(opts.tempDir, { recursive: true, mode: 0o700 });
-  const isolated = new PassThrough();
-  input.pipe(isolated);
-  const stripped = stripMetadata(isolated, opts);
-  let failure: MetadataError | undefined;
+export async function saveStripped<T>(input: Readable, opts: SaveStrippedOptions, save: (stripped: Readable) => Promise<T>): Promise<T> {
+  await ensureDirectory(opts.tempDir, opts.fileMode);
+  let failure: Error | undefined;
+  let bytes = 0;
+  const counted = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      bytes += chunk.length;
+      if (opts.maxSize > 0 && bytes > opts.maxSize) {
+        failure ??= new StoreError('too-large', `the file is larger than the ${opts.maxSize} bytes allowed`);
+        callback(failure);
+      } else callback(null, chunk);
+    },
+  });
+  input.pipe(counted);
+  const stripped = stripMetadata(counted, opts);
   stripped.on('error', (err) => {
-    if (err instanceof MetadataError) failure = err;
+    if (err instanceof MetadataError) failure ??= err;
   });
   try {
     return await save(stripped);
   } catch (err) {
     throw failure ?? err;
   } finally {
-    input.unpipe(isolated);
+    input.unpipe(counted);
     if (!stripped.closed) {
       const closed = new Promise((resolve) => stripped.once('close', resolve));
       stripped.destroy();

@@ -162,6 +162,8 @@ async function* toEndOfImage(chunks: AsyncIterable<Buffer>): AsyncGenerator<Buff
           afterFF = false;
           if (b === EOI) {
             yield chunk.subarray(0, i);
+            // The rest is read and dropped: the source (a multipart part) must reach its end.
+            for await (const _ of chunks);
             return;
           }
           if (b !== 0x00 && (b < 0xd0 || b > 0xd7)) lengthLeft = 2;

@@ -198,11 +198,13 @@ async function cleanTiff(file: FileHandle, size: number): Promise<void> {
         continue;
       }
       if (entry.outOfLine) wipe.push(range);
-      if (METADATA_IFDS.has(entry.tag) || entry.type === TYPE.ifd) subIfds.push(...(await pointers(file, size, order, entry)));
+      if (METADATA_IFDS.has(entry.tag) || entry.type === TYPE.ifd) append(subIfds, await pointers(file, size, order, entry));
     }
-    keep.push(...(await imageData(file, size, order, ifd, 273, 279)), ...(await imageData(file, size, order, ifd, 324, 325)));
+    // A loop, not a spread: a TIFF may have a million strips, past what a call's arguments can hold.
+    append(keep, await imageData(file, size, order, ifd, 273, 279));
+    append(keep, await imageData(file, size, order, ifd, 324, 325));
   }
-  wipe.push(...(await metadataIfds(file, size, order, subIfds, seen)));
+  append(wipe, await metadataIfds(file, size, order, subIfds, seen));
 
   const protectedRanges = merge(keep);
   for (const range of wipe) for (const [start, end] of subtract(range, protectedRanges)) await writeZeros(file, start, end);
@@ -241,8 +243,7 @@ async function metadataIfds(file: FileHandle, size: number, order: ByteOrder, of
     for (const entry of ifd.entries) {
       if (entry.size !== undefined && entry.outOfLine && entry.valueAt + entry.size <= size)
         ranges.push([entry.valueAt, entry.valueAt + entry.size]);
-      if (METADATA_IFDS.has(entry.tag) || entry.type === TYPE.ifd)
-        queue.push(...(await pointers(file, size, order, entry).catch(() => [])));
+      if (METADATA_IFDS.has(entry.tag) || entry.type === TYPE.ifd) append(queue, await pointers(file, size, order, entry).catch(() => []));
     }
   }
   return ranges;
@@ -292,11 +293,23 @@ function merge(ranges: Range[]): Range[] {
   return out;
 }
 
-/** The parts of `range` outside every one of the sorted `holes`. */
+function append<T>(to: T[], items: readonly T[]): void {
+  for (const item of items) to.push(item);
+}
+
+/** The parts of `range` outside every one of the sorted, disjoint `holes` (found by binary search: a TIFF may have a million strips). */
 function subtract([start, end]: Range, holes: Range[]): Range[] {
   const out: Range[] = [];
   let at = start;
-  for (const [s, e] of holes) {
+  let lo = 0;
+  let hi = holes.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if ((holes[mid] as Range)[1] <= start) lo = mid + 1;
+    else hi = mid;
+  }
+  for (let i = lo; i < holes.length; i++) {
+    const [s, e] = holes[i] as Range;
     if (e <= at) continue;
     if (s >= end) break;
     if (s > at) out.push([at, s]);

@@ -1,5 +1,6 @@
 import { createWriteStream } from 'node:fs';
 import { chmod, mkdir } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { feed, type Meter } from './meter.js';
@@ -18,8 +19,7 @@ export async function writeLocal(
   opts: Pick<StoreOptions, 'stash' | 'signal' | 'fileMode'>,
 ): Promise<string> {
   const fileMode = opts.fileMode ?? 0o600;
-  const created = await mkdir(dir, { recursive: true, mode: 0o700 });
-  if (created !== undefined && fileMode !== 0o600) await chmod(dir, directoryMode(fileMode));
+  await ensureDirectory(dir, fileMode);
   const path = opts.stash.newFile(dir);
   const stop = feed(input, meter);
   try {
@@ -30,6 +30,23 @@ export async function writeLocal(
     stop();
   }
   return path;
+}
+
+/**
+ * Creates `dir` and any missing parents for files of `fileMode`: each directory made here gets
+ * `directoryMode(fileMode)` (0700 by default) whatever the umask; one that exists is left as it is.
+ */
+export async function ensureDirectory(dir: string, fileMode = 0o600): Promise<void> {
+  const first = await mkdir(dir, { recursive: true, mode: 0o700 });
+  if (first === undefined || fileMode === 0o600) return;
+  // mkdir names the first directory it made: it and every one below it, down to `dir`, are new.
+  const mode = directoryMode(fileMode);
+  let path = dir;
+  for (;;) {
+    await chmod(path, mode);
+    if (path === first || path.length <= first.length) break;
+    path = dirname(path);
+  }
 }
 
 /** A directory for files of `mode`: searchable and listable where the file is readable, writable (to move it away) where it is. */

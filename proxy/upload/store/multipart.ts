@@ -1,7 +1,8 @@
 import { createReadStream } from 'node:fs';
-import { type FileHandle, mkdir, open, rm } from 'node:fs/promises';
+import { type FileHandle, open, rm } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type { Outbound } from '../../outbound/client.js';
+import { ensureDirectory } from './disk.js';
 import { StoreError } from './errors.js';
 import type { MultipartDestination, StoreOptions } from './types.js';
 
@@ -22,7 +23,7 @@ export async function putMultipart(
   const etags: string[] = [];
   // Each part's own length replaces any the backend listed.
   const partHeaders = Object.fromEntries(Object.entries(putHeaders).filter(([name]) => name.toLowerCase() !== 'content-length'));
-  await mkdir(opts.tempDir, { recursive: true, mode: 0o700 });
+  await ensureDirectory(opts.tempDir, opts.fileMode);
   let part: { path: string; file: FileHandle; size: number } | undefined;
   const startPart = async () => {
     const path = opts.stash.newFile(opts.tempDir);

@@ -259,6 +259,13 @@ describe('accelerated multipart uploads', () => {
       signed: 'gitlab-workhorse',
     });
     expect(authorized).toEqual(['/uploads/user/authorize']);
+    const mixed = await request(`${proxy.url}/uploads/user`, {
+      method: 'POST',
+      headers: { 'content-type': 'multipart/mixed; boundary=x' },
+      body: '--x\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nunread\r\n--x--\r\n',
+    });
+    // Nothing here reads multipart/mixed: its file would reach the backend unstored, but signed.
+    expect([mixed.statusCode, await mixed.body.text()]).toEqual([400, 'Bad Request: uploads must be multipart/form-data\n']);
     const denied = await plain('/uploads/denied');
     expect([denied.statusCode, denied.headers['www-authenticate'], await denied.body.text()]).toEqual([401, 'Basic realm="x"', 'no']);
     // A route without pre-authorization: forwarded unchanged, unsigned, nobody asked.
@@ -302,9 +309,11 @@ describe('accelerated multipart uploads', () => {
 
 describe('[uploads] file_mode', () => {
   it('stores files 0600 in a 0700 directory by default, and with file_mode "0640" readable by the group', async () => {
-    for (const [mode, file, dir] of [
-      [undefined, 0o600, 0o700],
-      ['0640', 0o640, 0o750],
+    for (const [mode, file, dir, strip] of [
+      [undefined, 0o600, 0o700, false],
+      ['0640', 0o640, 0o750, false],
+      // With strip_exif the directory is first made for scratch files: it gets the same mode.
+      ['0660', 0o660, 0o770, true],
     ] as const) {
       const modes: number[] = [];
       const backend = await startBackend(async (req, res) => {
@@ -315,8 +324,9 @@ describe('[uploads] file_mode', () => {
         res.end('ok');
       });
       const tempDir = join(newDir(), 'created-by-outrider');
+      const toml = routesToml(tempDir).replace('[uploads]\n', `[uploads]\n${mode === undefined ? '' : `file_mode = "${mode}"\n`}`);
       const proxy = await startProxy(backend.url, {
-        toml: routesToml(tempDir).replace('[uploads]\n', `[uploads]\n${mode === undefined ? '' : `file_mode = "${mode}"\n`}`),
+        toml: strip ? toml.replace('preauthorize = false\n', 'preauthorize = false\nstrip_exif = true\n') : toml,
       });
       const res = await request(`${proxy.url}/open/x`, {
         method: 'POST',

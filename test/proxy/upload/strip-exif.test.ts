@@ -1,4 +1,5 @@
 import { readdirSync } from 'node:fs';
+import { Readable } from 'node:stream';
 import sharp from 'sharp';
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
@@ -84,6 +85,61 @@ describe('strip_exif on an upload route', () => {
     }
     expect(logs.filter((l) => l.outcome === 'rejected' && l.status === 422)).toHaveLength(2);
     // Nothing stored, nothing left in scratch space.
+    await new Promise((r) => setTimeout(r, 100));
+    expect(readdirSync(store)).toEqual([]);
+    expect(readdirSync(temp)).toEqual([]);
+  });
+
+  it('reads past a JPEG end to the end of its part (a phone appends images there), and stores only the image', async () => {
+    const store = newDir();
+    const backend = await uploadBackend(localAnswer(store));
+    const proxy = await startProxy(backend.url, { toml: stripToml(newDir()) });
+    const photo = await camera();
+    // A large appended image, as Ultra HDR gain maps or MPF previews are, then a field after the file.
+    const appended = await base(1200, 900).jpeg({ quality: 95 }).withExif(SECRET_EXIF).toBuffer();
+    const withTrailer = Buffer.concat([photo, appended, Buffer.alloc(1 << 20, 7)]);
+    const body = form([
+      ['file', { data: withTrailer, filename: 'phone.jpg' }],
+      ['title', 'after the file'],
+    ]);
+    const res = await request(`${proxy.url}/uploads/x`, { method: 'POST', body });
+    expect(res.statusCode).toBe(201);
+    await res.body.dump();
+    const stored = backend.received.at(-1)?.files['file.path'] as Buffer;
+    expect(stored.subarray(-2)).toEqual(Buffer.from([0xff, 0xd9]));
+    expect(stored.length).toBeLessThan(photo.length);
+    expectNoSecrets(stored);
+    expect(Object.fromEntries(backend.received.at(-1)?.fields ?? []).title).toBe('after the file');
+  });
+
+  it('refuses with 413 a file over MaximumSize before it is spooled whole (a TIFF is stripped from a scratch copy)', async () => {
+    const store = newDir();
+    const temp = newDir();
+    const backend = await uploadBackend(localAnswer(store, { MaximumSize: 100_000 }));
+    const proxy = await startProxy(backend.url, { toml: stripToml(temp) });
+    const tiff = await base(400, 400).tiff({ compression: 'none' }).toBuffer();
+    expect(tiff.length).toBeGreaterThan(100_000);
+    const res = await request(`${proxy.url}/uploads/x`, { method: 'POST', body: form([['file', { data: tiff, filename: 'scan.tiff' }]]) });
+    expect(res.statusCode).toBe(413);
+    await res.body.dump();
+
+    // A TIFF that does not end: refused once past MaximumSize, not spooled until the disk is full.
+    let sent = 0;
+    async function* endless() {
+      yield Buffer.from('--b\r\nContent-Disposition: form-data; name="file"; filename="x.tiff"\r\n\r\n');
+      yield tiff.subarray(0, 8);
+      for (sent = 0; sent < 64 << 20; sent += 1 << 20) yield Buffer.alloc(1 << 20);
+    }
+    const stream = await request(`${proxy.url}/uploads/x`, {
+      method: 'POST',
+      headers: { 'content-type': 'multipart/form-data; boundary=b' },
+      body: Readable.from(endless()),
+    }).catch((err: Error) => err);
+    if (!(stream instanceof Error)) {
+      expect(stream.statusCode).toBe(413);
+      await stream.body.dump();
+    }
+    expect(sent).toBeLessThan(16 << 20);
     await new Promise((r) => setTimeout(r, 100));
     expect(readdirSync(store)).toEqual([]);
     expect(readdirSync(temp)).toEqual([]);
