@@ -96,9 +96,27 @@ export function createSendUrl(outbound: Outbound): Interceptor {
       }
       let answer = responseHeaders.length === 0 ? out : replaceHeaders(out, responseHeaders);
       let body: Readable = upstream.body;
-      if (head.detectContentType && upstream.statusCode !== 304 && req.method !== 'HEAD') {
+      if (req.method === 'HEAD') {
+        // A HEAD answer has no body: the origin's is not read (it may be gigabytes).
+        upstream.body.dump({ limit: 1 }).catch(() => undefined);
+        answer.push('X-Accel-Buffering', 'no');
+        res.writeHead(upstream.statusCode, answer).end();
+        log.info(
+          { subsystem: 'send-url', url: redact(url), method: request.method, status: upstream.statusCode, bytes: 0 },
+          'send-url succeeded',
+        );
+        return;
+      }
+      if (head.detectContentType && upstream.statusCode !== 304) {
         const sniffed = await sniff(upstream.body, answer);
-        if (sniffed === undefined) return void res.destroy();
+        if (sniffed === undefined) {
+          // The origin failed within its first bytes: nothing was sent, so the client can be told.
+          if (ctx.clientGone) return;
+          log.warn({ subsystem: 'send-url', url: redact(url), status: 'request-failed' }, 'send-url origin failed before its first 4 KiB');
+          const err = new Error('the origin body failed before its first 4 KiB');
+          ctx.fail(directive.errorStatus === undefined ? err : failureWithStatus(directive.errorStatus, err));
+          return;
+        }
         ({ headers: answer, body } = sniffed);
       }
       answer.push('X-Accel-Buffering', 'no');
@@ -179,7 +197,8 @@ function headerMap(data: Map<string, unknown>, key: string): [string, string[]][
     if (
       !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name) ||
       !Array.isArray(list) ||
-      !list.every((v) => typeof v === 'string' && !/[\r\n\0]/.test(v))
+      // Values Node can send: no control character but tab, nothing past Latin-1.
+      !list.every((v) => typeof v === 'string' && /^[\t\x20-\x7e\x80-\xff]*$/.test(v))
     ) {
       throw new DirectiveError(`send-url: '${key}' has an invalid header ${JSON.stringify(name)}`);
     }

@@ -76,8 +76,11 @@ export function createOutbound(config: Pick<Config, 'outbound'>, opts: OutboundO
   const proxy = proxySettings(opts.env ?? process.env);
   const agents = new Map<string, Dispatcher>();
 
-  /** All addresses of `hostname` the policy allows, or the refusal when there are none. */
-  const allowedAddresses = async (hostname: string, narrowing: Narrowing | undefined): Promise<LookupAddress[]> => {
+  /**
+   * The addresses of `hostname` the policy allows, or the refusal when there are none; with
+   * `every`, the refusal as soon as one is refused (through a proxy, which picks the address itself).
+   */
+  const allowedAddresses = async (hostname: string, narrowing: Narrowing | undefined, every = false): Promise<LookupAddress[]> => {
     const addresses = await resolve(baseLookup, hostname);
     const exempt = narrowing?.ssrfFilter === true ? await resolveAll(baseLookup, narrowing.allowedHosts) : [];
     const allowed: LookupAddress[] = [];
@@ -85,6 +88,7 @@ export function createOutbound(config: Pick<Config, 'outbound'>, opts: OutboundO
     for (const a of addresses) {
       const why = refusal(hostname, a.address, rules, narrowing, exempt);
       if (why === undefined) allowed.push(a);
+      else if (every) throw new OutboundRefusedError(why);
       else reason ??= why;
     }
     if (allowed.length === 0) throw new OutboundRefusedError(reason ?? `${hostname} has no address`);
@@ -115,11 +119,9 @@ export function createOutbound(config: Pick<Config, 'outbound'>, opts: OutboundO
       maxResponseSize: policy.maxResponseBytes,
     };
     const agent = proxy === undefined ? new Agent(agentOpts) : new EnvHttpProxyAgent({ ...agentOpts, ...proxy });
-    if (agents.size >= MAX_AGENTS) {
-      const [oldest, dispatcher] = agents.entries().next().value as [string, Dispatcher];
-      agents.delete(oldest);
-      void dispatcher.close().catch(() => undefined);
-    }
+    // The oldest is forgotten, not closed: a request may still be using it (a redirect's next
+    // hop); its idle sockets close after keepAliveTimeout.
+    if (agents.size >= MAX_AGENTS) agents.delete(agents.keys().next().value as string);
     agents.set(key, agent);
     return agent;
   };
@@ -129,8 +131,9 @@ export function createOutbound(config: Pick<Config, 'outbound'>, opts: OutboundO
     if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new OutboundRefusedError(`scheme ${url.protocol} is not allowed`);
     if (url.username !== '' || url.password !== '') throw new OutboundRefusedError('credentials in URLs are not allowed');
     const host = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname;
-    // An address in the URL is connected to without a lookup; through a proxy, the proxy looks names up.
-    if (isIP(host) !== 0 || proxy !== undefined) await allowedAddresses(host, narrowing);
+    // An address in the URL is connected to without a lookup. Through a proxy, the proxy looks the
+    // name up again and may pick any of its addresses: every one must be allowed.
+    if (isIP(host) !== 0 || proxy !== undefined) await allowedAddresses(host, narrowing, true);
   };
 
   return {

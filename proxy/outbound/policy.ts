@@ -41,13 +41,13 @@ const RANGES: [Exclude<AddressKind, 'public'>, string[]][] = [
       '192.88.99.0/24',
       '198.18.0.0/15',
       '240.0.0.0/4',
-      // Discard, IETF assignments (Teredo and ORCHID inside), documentation, 6to4 and NAT64, which
-      // carry an IPv4 address of any kind inside; IPv4-compatible addresses (deprecated).
+      // Discard, IETF assignments (Teredo and ORCHID inside), documentation, 6to4 and local NAT64,
+      // which carry an IPv4 address of any kind inside (well-known NAT64 is judged by the address
+      // it carries, in normalize); IPv4-compatible addresses (deprecated).
       '100::/64',
       '2001::/23',
       '2001:db8::/32',
       '2002::/16',
-      '64:ff9b::/96',
       '64:ff9b:1::/48',
       '::/96',
     ],
@@ -55,11 +55,14 @@ const RANGES: [Exclude<AddressKind, 'public'>, string[]][] = [
 ];
 
 const LISTS = RANGES.map(([kind, cidrs]) => [kind, toBlockList(cidrs)] as const);
+/** Well-known NAT64, for a form `normalize` could not read the IPv4 address out of. */
+const NAT64 = toBlockList(['64:ff9b::/96']);
 
 /** The kind of a literal IPv4 or IPv6 address (an IPv4-mapped IPv6 address counts as its IPv4 one). */
 export function addressKind(address: string): AddressKind {
   const [ip, family] = normalize(address);
   for (const [kind, list] of LISTS) if (list.check(ip, family)) return kind;
+  if (family === 'ipv6' && NAT64.check(ip, 'ipv6')) return 'reserved';
   return 'public';
 }
 
@@ -156,7 +159,11 @@ function normalize(address: string): [string, 'ipv4' | 'ipv6'] {
   if (isIP(bare) === 4) return [bare, 'ipv4'];
   const mapped = /^(?:0{0,4}:){0,4}:?(?:0{0,4}:)?ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(bare);
   if (mapped !== null) return [mapped[1] as string, 'ipv4'];
-  const hexMapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/i.exec(bare);
+  // NAT64 (64:ff9b::/96) reaches the IPv4 address it carries: on an IPv6-only host with DNS64
+  // every public name resolves there, so it is judged by that address.
+  const nat64 = /^64:ff9b::(\d+\.\d+\.\d+\.\d+)$/i.exec(bare);
+  if (nat64 !== null) return [nat64[1] as string, 'ipv4'];
+  const hexMapped = /^(?:::ffff|64:ff9b:):([0-9a-f]{1,4}):([0-9a-f]{1,4})$/i.exec(bare);
   if (hexMapped !== null) {
     const hi = Number.parseInt(hexMapped[1] as string, 16);
     const lo = Number.parseInt(hexMapped[2] as string, 16);

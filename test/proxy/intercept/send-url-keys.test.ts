@@ -147,6 +147,8 @@ describe('send-url: the keys Rails sends', () => {
     for (const bad of [
       { Method: 'GE T' },
       { Header: ['x'] },
+      { Header: { 'X-A': ['line\r\nInjected: 1'] } },
+      { ResponseHeaders: { 'X-Name': ['Łódź'] } },
       { ErrorResponseStatus: 'bad' },
       { ResponseHeaderTimeout: 'soon' },
       { AllowedURIs: 'x' },
@@ -156,6 +158,37 @@ describe('send-url: the keys Rails sends', () => {
       expect(res.statusCode, JSON.stringify(bad)).toBe(502);
       expect(res.body).toBe('Bad Gateway: the backend sent an invalid instruction\n');
     }
+  });
+});
+
+describe('send-url: HEAD and failures before the first byte', () => {
+  it('answers HEAD with the origin head without reading its body', async () => {
+    // An origin whose body never ends: reading it would never finish.
+    const origin = await startBackend((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'x-origin': 'yes' });
+      const timer = setInterval(() => res.write(Buffer.alloc(64 * 1024)), 5);
+      res.on('close', () => clearInterval(timer));
+    });
+    const backend = await railsLike(sendUrl({ URL: `${origin.url}/big` }));
+    const proxy = await startProxy(backend.url);
+    const res = await request(`${proxy.url}/x`, { method: 'HEAD' });
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['x-origin']).toBe('yes');
+    expect(await res.body.text()).toBe('');
+  });
+
+  it('answers ErrorResponseStatus when the origin dies before the bytes that decide the content type', async () => {
+    const origin = await startBackend((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/html', 'content-length': '100000' });
+      res.write('<html>');
+      setTimeout(() => res.destroy(), 20);
+    });
+    const backend = await railsLike(sendUrl({ URL: `${origin.url}/f`, ErrorResponseStatus: 503 }), {
+      'gitlab-workhorse-detect-content-type': 'true',
+    });
+    const res = await buildProxy(backend.url).inject({ url: '/x' });
+    expect(res.statusCode).toBe(503);
+    expect(res.body).toBe('Service Unavailable\n');
   });
 });
 

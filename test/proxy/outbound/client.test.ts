@@ -105,6 +105,10 @@ describe('the outbound client', () => {
 
     const refusing = outbound('max_redirects = 5', { env: { HTTP_PROXY: proxyUrl } });
     await expect(refusing.request(`${origin.url}/c`)).rejects.toThrow(/loopback/);
+    // The proxy resolves the name itself and may take any of its addresses: one refused is enough.
+    const lookup = fakeDns({ 'mixed.test': ['127.0.0.1', '10.1.2.3'] });
+    const mixed = outbound('allowed_hosts = ["127.0.0.1"]', { env: { HTTP_PROXY: proxyUrl }, lookup });
+    await expect(mixed.request(`http://mixed.test:${origin.port}/d`)).rejects.toThrow(/10\.1\.2\.3, a private address/);
     expect(tunnels).toHaveLength(1);
   });
 });

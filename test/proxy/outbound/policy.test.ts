@@ -33,7 +33,13 @@ describe('the outbound address policy', () => {
       ['240.0.0.1', 'reserved'],
       ['192.0.2.10', 'reserved'],
       ['2001:db8::1', 'reserved'],
-      ['64:ff9b::a00:1', 'reserved'],
+      // Well-known NAT64 is judged by the IPv4 address it carries (DNS64 maps every public name there).
+      ['64:ff9b::a00:1', 'private'],
+      ['64:ff9b::7f00:1', 'loopback'],
+      ['64:ff9b::5db8:d822', 'public'],
+      ['64:ff9b::10.0.0.1', 'private'],
+      ['64:ff9b:0:0:0:0:7f00:1', 'reserved'],
+      ['64:ff9b:1::1', 'reserved'],
       ['2002:a00:1::1', 'reserved'],
     ];
     for (const [address, kind] of table) expect(addressKind(address), address).toBe(kind);
