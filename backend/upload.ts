@@ -191,11 +191,10 @@ export function verifyUploadFields(
   const required = typeof options.required === 'string' ? [options.required] : (options.required ?? []);
   const noFile = (field: string) =>
     new OutriderVerificationError('EDGE_VERIFY_NO_FILE', `no file was sent in the field ${field}`, { statusCode: 400 });
-  if (present(headers, MULTIPART_FIELDS_HEADER) === undefined && required.length > 0) {
+  if (required.length > 0 && !succeeds(() => header(headers, MULTIPART_FIELDS_HEADER, 400))) {
     // No file at all: a request Outrider signed (a pre-authorized route whose body had no
     // multipart form) says it came through; anything else did not.
-    const api = present(headers, API_REQUEST_HEADER);
-    if (api !== undefined && signedBy(api, secret)) throw noFile(required[0] as string);
+    if (succeeds(() => verifyApiRequest(headers, secret, { maxAgeSeconds: Number.POSITIVE_INFINITY }))) throw noFile(required[0] as string);
   }
   const claims = verifyJwt(header(headers, MULTIPART_FIELDS_HEADER, 400), secret);
   const rewritten = claims[REWRITTEN_FIELDS_CLAIM];
@@ -296,24 +295,17 @@ export async function readFields(req: RequestBody, options: ReadFieldsOptions = 
   }
 }
 
-/** One header's value; absent or repeated is refused. */
-/** A header's single string value, or undefined when absent, empty or repeated. */
-function present(headers: RequestHeaders, name: string): string | undefined {
+/** True when `check` does not throw. */
+function succeeds(check: () => unknown): boolean {
   try {
-    return header(headers, name, 400);
-  } catch {
-    return undefined;
-  }
-}
-
-function signedBy(token: string, secret: Buffer): boolean {
-  try {
-    verifyJwt(token, secret);
+    check();
     return true;
   } catch {
     return false;
   }
 }
+
+/** One header's value; absent or repeated is refused. */
 
 function header(headers: RequestHeaders, name: string, statusCode: number): string {
   let value: unknown;

@@ -174,3 +174,10 @@ export function memoryMiB(pid: number | undefined): { rss: number; peak: number 
   }
   return { rss, peak };
 }
+
+/** The median of `xs` (the mean of the middle two for an even count). */
+export const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
+};

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 import { render } from '../scaler/scale.js';
 import { avatarFiles, COPIES } from './images.js';
-import { cpuMs, freePort, type Proc, removeOnExit, startEdge, startOrigin, uploadBody } from './procs.js';
+import { cpuMs, freePort, median, type Proc, removeOnExit, startEdge, startOrigin, uploadBody } from './procs.js';
 import { type Scenario, scenarios } from './scenarios.js';
 
 /**
@@ -149,12 +149,6 @@ async function rawSharp(seconds: number): Promise<{ format: 'png' | 'jpeg'; perS
   }
   return out;
 }
-
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-};
 
 async function main(): Promise<void> {
   const children: ChildProcess[] = [];

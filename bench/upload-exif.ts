@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
 import { FormData, request } from 'undici';
-import { cpuMs, freePort, waitForEdge } from './procs.js';
+import { cpuMs, EDGE_NODE_ARGS, freePort, median, waitForEdge } from './procs.js';
 
 /**
  * `UPLOAD_TARGET=exif npm run bench:upload`: the cost of `strip_exif`. A ~5 MiB camera-like JPEG
@@ -53,7 +53,7 @@ export async function run(): Promise<void> {
       `secret_path = "${secret}"\nlog_level = "warn"\n[uploads]\ntemp_dir = "${store}"\n${route('strip', true)}${route('keep', false)}`,
   );
   const port = await freePort();
-  const child = spawn(process.execPath, [cli, '--config', config, '--listen-addr', `127.0.0.1:${port}`], {
+  const child = spawn(process.execPath, [...EDGE_NODE_ARGS, cli, '--config', config, '--listen-addr', `127.0.0.1:${port}`], {
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   const edge = await waitForEdge({ child, port }, config);
@@ -80,7 +80,6 @@ export async function run(): Promise<void> {
         results[path]?.cpu.push(m.cpu);
       }
     }
-    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
     const spread = (xs: number[]) => `${Math.min(...xs).toFixed(1)}–${Math.max(...xs).toFixed(1)}`;
     console.table(
       Object.entries(results).map(([path, r]) => ({

@@ -21,7 +21,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
-import { freePort, memoryMiB, type Proc, waitForEdge } from './procs.js';
+import { EDGE_NODE_ARGS, freePort, median, memoryMiB, type Proc, waitForEdge } from './procs.js';
 
 /**
  * `npm run bench:upload`: one large multipart upload (UPLOAD_MB, default 1024) through Outrider
@@ -173,7 +173,7 @@ writeFileSync(
 /** Starts Outrider on a port of our choosing and waits until it answers. */
 async function startEdge(): Promise<Proc> {
   const port = await freePort();
-  const child = spawn(process.execPath, [cli, '--config', config, '--listen-addr', `127.0.0.1:${port}`], {
+  const child = spawn(process.execPath, [...EDGE_NODE_ARGS, cli, '--config', config, '--listen-addr', `127.0.0.1:${port}`], {
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   return waitForEdge({ child, port }, config);
@@ -261,7 +261,6 @@ async function sampled<T>(pid: number | undefined, work: () => Promise<T>): Prom
   }
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 const mibps = (ms: number) => Math.round(size / 1048576 / (ms / 1000));
 const edge = await startEdge();
 process.on('exit', () => {

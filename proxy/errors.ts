@@ -95,8 +95,7 @@ export function toEdgeError(err: unknown, peer: Peer = 'backend'): FastifyError 
   }
   if (err instanceof DirectiveError) return new EdgeDirectiveInvalid({ cause: err });
   if (isCatalogued(err)) return err;
-  const e = err as { code?: string; cause?: { code?: string } } | null;
-  const code = e?.cause?.code ?? e?.code ?? '';
+  const code = errorCode(err);
   if (peer === 'client') {
     if (code === 'HPE_HEADER_OVERFLOW') return new EdgeHeadersTooLarge({ cause: err });
     if (code === 'ERR_HTTP_REQUEST_TIMEOUT') return new EdgeHeadersTimeout({ cause: err });
@@ -106,6 +105,12 @@ export function toEdgeError(err: unknown, peer: Peer = 'backend'): FastifyError 
   if (peer === 'origin') return new EdgeSourceUnavailable({ cause: err });
   if (REFUSED_CODES.has(code)) return new EdgeRequestInvalid('the request headers cannot be forwarded', { cause: err });
   return new EdgeUpstreamUnavailable({ cause: err });
+}
+
+/** An error's code, or its cause's (undici wraps socket errors): '' when it has none. */
+export function errorCode(err: unknown): string {
+  const e = err as { code?: string; cause?: { code?: string } } | null;
+  return e?.cause?.code ?? e?.code ?? '';
 }
 
 /** The catalogue error for a failure the backend chose the status of: that status, its reason phrase as the body. */

@@ -78,9 +78,8 @@ export function createForwarder(options: ForwardOptions): Forwarder {
       if (replacement !== undefined) {
         // The replacement's headers replace the client's of the same names.
         const replaced = replacement.headers.filter((_, i) => i % 2 === 0).map((name) => name.toLowerCase());
-        if (replacement.body === undefined) headers.list = withoutNamed(headers.list, replaced);
-        else {
-          headers.list = withoutNamed(headers.list, [...BODY_HEADERS, ...replaced]);
+        headers.list = withoutNamed(headers.list, replacement.body === undefined ? replaced : [...BODY_HEADERS, ...replaced]);
+        if (replacement.body !== undefined) {
           headers.list.push('content-type', replacement.contentType, 'content-length', String(replacement.body.length));
           body = replacement.body;
         }

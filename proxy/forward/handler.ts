@@ -165,13 +165,14 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
     this.pending = head.headers;
     this.pendingStatus = statusCode;
     this.pendingReason = reason;
-    if (head.detectContentType && statusCode !== 204 && statusCode !== 304 && this.req.method !== 'HEAD') {
+    // Answers that carry no body (HEAD, 204, 304) end at once: nothing to wait for.
+    const bodied = statusCode !== 204 && statusCode !== 304 && this.req.method !== 'HEAD';
+    if (head.detectContentType && bodied) {
       // The head waits for the bytes that decide its Content-Type, however slow they are.
       this.sniffed = [];
       return true;
     }
-    // Answers that carry no body (HEAD, 204, 304) end at once: no timer for them.
-    if (!head.hasLength && statusCode !== 204 && statusCode !== 304 && this.req.method !== 'HEAD') {
+    if (!head.hasLength && bodied) {
       this.holdTimer = setTimeout(flushHeldHead, HEAD_HOLD_MS, this);
     }
     return true;
@@ -243,7 +244,8 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
    * held head (`safeContentHeaders`), then go out as one chunk. An empty body keeps the backend's.
    */
   private endSniffing(): Buffer {
-    const held = Buffer.concat(this.sniffed as Buffer[]);
+    const sniffed = this.sniffed as Buffer[];
+    const held = sniffed.length === 1 ? (sniffed[0] as Buffer) : Buffer.concat(sniffed, this.sniffedBytes);
     this.sniffed = undefined;
     if (this.pending !== undefined) this.pending = withSafeContentHeaders(this.pending, held);
     return held;

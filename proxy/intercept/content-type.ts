@@ -4,6 +4,8 @@
  * bytes of a body and nothing else, so the same bytes give the same answer as in Workhorse.
  */
 
+import { headerValue, withoutNamed } from '../forward/headers.js';
+
 /** Workhorse's headers.MaxDetectSize */
 export const MAX_DETECT_SIZE = 4096;
 
@@ -11,6 +13,8 @@ export const MAX_DETECT_SIZE = 4096;
 const SNIFF_LEN = 512;
 
 const TEXT_PLAIN = 'text/plain; charset=utf-8';
+/** The headers `withSafeContentHeaders` decides. */
+const CONTENT_HEADERS = ['content-type', 'content-disposition'];
 const SVG = 'image/svg+xml';
 
 /** One row of Go's `sniffSignatures`: the type it names, or undefined when the data does not match. */
@@ -224,8 +228,7 @@ export function safeContentHeaders(
 function safeContentType(data: Uint8Array): string {
   if (isSvg(data)) return SVG;
   const type = detectContentType(data);
-  if (/^(text|application)\/javascript$/.test(type)) return TEXT_PLAIN;
-  // Workhorse's `^text/*` (and `^image/*`, `^video/*` below): the name starts with the word.
+  // Workhorse also maps `*/javascript`, which DetectContentType never names. Its `^text/*` (and `^image/*`, `^video/*` below): the name starts with the word.
   if (type.startsWith('text')) return TEXT_PLAIN;
   return type;
 }
@@ -268,14 +271,8 @@ function inline(disposition: string): string {
  */
 export function withSafeContentHeaders(headers: string[], data: Uint8Array): string[] {
   if (data.length === 0) return headers;
-  const kept: string[] = [];
-  let disposition: string | undefined;
-  for (let i = 0; i < headers.length; i += 2) {
-    const lower = (headers[i] as string).toLowerCase();
-    if (lower === 'content-disposition') disposition ??= headers[i + 1];
-    else if (lower !== 'content-type') kept.push(headers[i] as string, headers[i + 1] as string);
-  }
-  const safe = safeContentHeaders(data.subarray(0, MAX_DETECT_SIZE), disposition);
+  const safe = safeContentHeaders(data.subarray(0, MAX_DETECT_SIZE), headerValue(headers, 'content-disposition'));
+  const kept = withoutNamed(headers, CONTENT_HEADERS);
   kept.push('Content-Type', safe.contentType, 'Content-Disposition', safe.contentDisposition);
   return kept;
 }

@@ -2,9 +2,9 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { parseDuration } from '../../config/duration.js';
 import { DirectiveError, decodeSendData, SEND_URL_PREFIX } from '../../protocol/send-data.js';
-import { failureWithStatus } from '../errors.js';
-import { HOP_BY_HOP, SEND_DATA } from '../forward/headers.js';
-import type { Outbound, OutboundRequest } from '../outbound/client.js';
+import { errorCode, failureWithStatus } from '../errors.js';
+import { HOP_BY_HOP, SEND_DATA, withoutNamed } from '../forward/headers.js';
+import { type Outbound, OutboundRefusedError, type OutboundRequest } from '../outbound/client.js';
 import type { Narrowing } from '../outbound/policy.js';
 import { MAX_DETECT_SIZE, withSafeContentHeaders } from './content-type.js';
 import type { Interceptor } from './types.js';
@@ -70,12 +70,12 @@ export function createSendUrl(outbound: Outbound): Interceptor {
         upstream = await outbound.request(url, { ...request, signal: ctx.signal });
       } catch (err) {
         if (ctx.clientGone) return;
-        const refused = (err as { code?: string }).code === 'EDGE_OUTBOUND_REFUSED';
+        const refused = err instanceof OutboundRefusedError;
         log.warn(
           { err, subsystem: 'send-url', url: redact(url), status: refused ? 'refused' : 'request-failed', reason: (err as Error).message },
           refused ? 'send-url refused by the outbound policy' : 'send-url request failed',
         );
-        const chosen = isTimeout(err) ? (directive.timeoutStatus ?? directive.errorStatus) : directive.errorStatus;
+        const chosen = TIMEOUTS.has(errorCode(err)) ? (directive.timeoutStatus ?? directive.errorStatus) : directive.errorStatus;
         ctx.fail(chosen === undefined ? err : failureWithStatus(chosen, err));
         return;
       }
@@ -96,18 +96,10 @@ export function createSendUrl(outbound: Outbound): Interceptor {
       }
       let answer = responseHeaders.length === 0 ? out : replaceHeaders(out, responseHeaders);
       let body: Readable = upstream.body;
-      if (req.method === 'HEAD') {
-        // A HEAD answer has no body: the origin's is not read (it may be gigabytes).
-        upstream.body.dump({ limit: 1 }).catch(() => undefined);
-        answer.push('X-Accel-Buffering', 'no');
-        res.writeHead(upstream.statusCode, answer).end();
-        log.info(
-          { subsystem: 'send-url', url: redact(url), method: request.method, status: upstream.statusCode, bytes: 0 },
-          'send-url succeeded',
-        );
-        return;
-      }
-      if (head.detectContentType && upstream.statusCode !== 304) {
+      // A HEAD answer has no body: the origin's is not read (it may be gigabytes).
+      const headOnly = req.method === 'HEAD';
+      if (headOnly) upstream.body.dump({ limit: 1 }).catch(() => undefined);
+      else if (head.detectContentType && upstream.statusCode !== 304) {
         const sniffed = await sniff(upstream.body, answer);
         if (sniffed === undefined) {
           // The origin failed within its first bytes: nothing was sent, so the client can be told.
@@ -122,11 +114,14 @@ export function createSendUrl(outbound: Outbound): Interceptor {
       answer.push('X-Accel-Buffering', 'no');
       res.writeHead(upstream.statusCode, answer);
       let bytes = 0;
-      body.on('data', (chunk: Buffer) => {
-        bytes += chunk.length;
-      });
       try {
-        await pipeline(body, res);
+        if (headOnly) res.end();
+        else {
+          body.on('data', (chunk: Buffer) => {
+            bytes += chunk.length;
+          });
+          await pipeline(body, res);
+        }
         log.info(
           {
             subsystem: 'send-url',
@@ -251,11 +246,7 @@ function narrowing(data: Map<string, unknown>): Narrowing | undefined {
 }
 
 /** Timeouts as Go's os.IsTimeout sees them: connecting and waiting for the head. */
-function isTimeout(err: unknown): boolean {
-  const e = err as { code?: string; cause?: { code?: string } } | null;
-  const code = e?.cause?.code ?? e?.code ?? '';
-  return code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'ETIMEDOUT';
-}
+const TIMEOUTS = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'ETIMEDOUT']);
 
 function addTo(existing: string | string[] | undefined, values: string[]): string | string[] {
   if (existing === undefined) return values.length === 1 ? (values[0] as string) : values;
@@ -264,10 +255,10 @@ function addTo(existing: string | string[] | undefined, values: string[]): strin
 
 /** `ResponseHeaders`: each named header replaces every one of that name (Go's Del, then Add). */
 function replaceHeaders(out: string[], replacements: [string, string[]][]): string[] {
-  const names = new Set(replacements.map(([name]) => name.toLowerCase()));
-  const kept: string[] = [];
-  for (let i = 0; i < out.length; i += 2)
-    if (!names.has((out[i] as string).toLowerCase())) kept.push(out[i] as string, out[i + 1] as string);
+  const kept = withoutNamed(
+    out,
+    replacements.map(([name]) => name.toLowerCase()),
+  );
   for (const [name, values] of replacements) for (const v of values) kept.push(name, v);
   return kept;
 }
@@ -295,7 +286,7 @@ async function sniff(source: Readable, headers: string[]): Promise<{ headers: st
   } catch {
     return undefined;
   }
-  const prefix = Buffer.concat(first);
+  const prefix = first.length === 1 ? (first[0] as Buffer) : Buffer.concat(first, length);
   async function* rest() {
     yield prefix;
     if (ended) return;

@@ -1,19 +1,20 @@
 import { open } from 'node:fs/promises';
-import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { isAbsolute } from 'node:path';
 import type { Readable } from 'node:stream';
 import send from '@fastify/send';
 import { lastModified, parseHttpDate } from '../../scaler/conditional.js';
 import { EdgeDirectiveInvalid, EdgeSendfileMissing, EdgeSourceUnavailable } from '../errors.js';
 import { sendBody, whenOpen } from '../forward/body.js';
+import { headerValue, rawHeader, withoutNamed } from '../forward/headers.js';
 import { detectContentType, MAX_DETECT_SIZE, withSafeContentHeaders } from './content-type.js';
 import type { Interceptor, ResponseHead } from './types.js';
 
 /** Headers of the backend's own response that describe its (discarded) body, not the file. */
 const BODY_HEADERS = new Set(['content-length', 'content-range', 'accept-ranges', 'last-modified']);
 
-/** What a 304 leaves out: it describes no body (RFC 9110 §15.4.5; Go's `writeNotModified`). */
-const NOT_MODIFIED_DROPS = new Set(['content-type', 'content-length', 'content-encoding']);
+/** What a 304 leaves out besides those: it describes no body (RFC 9110 §15.4.5; Go's `writeNotModified`). */
+const NOT_MODIFIED_DROPS = new Set([...BODY_HEADERS, 'content-type', 'content-encoding']);
 
 /**
  * X-Sendfile (Workhorse `internal/sendfile`): a 200 carrying `X-Sendfile: <absolute path>` makes
@@ -42,7 +43,8 @@ export const sendfile: Interceptor = {
       return;
     }
     const method = req.method ?? 'GET';
-    const etag = firstValue(head.headers, 'etag')?.trim();
+    const etag = headerValue(head.headers, 'etag')?.trim();
+    let modified: string | undefined;
     // What @fastify/send reads of a request is its method and headers: it gets the Range to honour and
     // nothing else, so its own conditional handling (which answers 200 to `Cache-Control: no-cache`) never runs.
     const forSend: { method: string; headers: { range?: string } } = { method, headers: {} };
@@ -60,16 +62,16 @@ export const sendfile: Interceptor = {
         // Called once the file is found and stat'd, before anything is opened: a precondition that
         // decides the answer stops @fastify/send here (a rejection it documents as aborting).
         onFile(_path, stat) {
-          const modified = lastModified(stat.mtimeMs);
-          const outcome = preconditions(method, req.headers, etag, modified);
-          if (outcome === 304 || outcome === 412) throw new PreconditionAnswer(outcome, modified);
+          modified = lastModified(stat.mtimeMs);
+          const outcome = preconditions(method, req, etag, modified === undefined ? undefined : Math.floor(stat.mtimeMs / 1000) * 1000);
+          if (outcome === 304 || outcome === 412) throw new PreconditionAnswer(outcome);
           // An empty file is served whole rather than refused with 416, as Go's ServeContent does.
           if (outcome !== undefined && stat.size > 0) forSend.headers.range = outcome;
         },
       });
     } catch (err) {
       if (!(err instanceof PreconditionAnswer)) throw err;
-      answerWithoutBody(res, err.status, err.status === 304 ? notModifiedHeaders(head, err.lastModified) : []);
+      answerWithoutBody(res, err.status, err.status === 304 ? notModifiedHeaders(head, modified) : []);
       log.info({ subsystem: 'sendfile', file, status: err.status, bytes: 0 }, 'send file');
       return;
     }
@@ -109,17 +111,12 @@ export const sendfile: Interceptor = {
       }
     }
 
-    let headers: string[] = [];
-    for (let i = 0; i < head.headers.length; i += 2) {
-      const name = head.headers[i] as string;
-      if (!BODY_HEADERS.has(name.toLowerCase())) headers.push(name, head.headers[i + 1] as string);
-    }
+    let headers = withoutNamed(head.headers, BODY_HEADERS);
     if (first !== undefined) {
       if (head.detectContentType) headers = withSafeContentHeaders(headers, first);
       else headers.push('Content-Type', detectContentType(first));
     }
     for (const [name, value] of Object.entries(result.headers)) headers.push(name, String(value));
-    const modified = lastModified(result.metadata.stat.mtimeMs);
     if (modified !== undefined) headers.push('Last-Modified', modified);
     headers.push('X-Accel-Buffering', 'no');
 
@@ -142,61 +139,53 @@ export const sendfile: Interceptor = {
 /** Thrown from `onFile` when a precondition decided the answer: carries it out of @fastify/send. */
 class PreconditionAnswer extends Error {
   readonly status: 304 | 412;
-  readonly lastModified: string | undefined;
-  constructor(status: 304 | 412, modified: string | undefined) {
+  constructor(status: 304 | 412) {
     super(`precondition answered ${status}`);
     this.status = status;
-    this.lastModified = modified;
   }
 }
 
 /**
  * RFC 9110 §13.2.2, step by step, as Go's `checkPreconditions` (`net/http/fs.go`) does it: 412 or
  * 304 when a condition decides the answer, else the Range to honour (undefined for the whole file).
- * `lastModifiedValue` is the file's Last-Modified, undefined when its mtime is unknown (zero): then
- * the date conditions are ignored, as RFC 9110 §13.1.3-4 ask. Cache-Control plays no part.
+ * `modified` is the file's Last-Modified in whole-second milliseconds, undefined when its mtime is
+ * unknown (zero): then the date conditions are ignored, as RFC 9110 §13.1.3-4 ask. Cache-Control
+ * plays no part.
  */
 function preconditions(
   method: string,
-  headers: IncomingHttpHeaders,
+  req: IncomingMessage,
   etag: string | undefined,
-  lastModifiedValue: string | undefined,
+  modified: number | undefined,
 ): 304 | 412 | string | undefined {
-  const modified = lastModifiedValue === undefined ? undefined : Date.parse(lastModifiedValue);
+  const field = (name: string) => rawHeader(req, name) || undefined;
   const getOrHead = method === 'GET' || method === 'HEAD';
   // 1-2. If-Match (strong); If-Unmodified-Since only without it.
-  const ifMatch = field(headers, 'if-match');
+  const ifMatch = field('if-match');
   if (ifMatch !== undefined) {
     if (!listMatches(ifMatch, etag, strongMatch)) return 412;
   } else if (modified !== undefined) {
-    const since = parseHttpDate(field(headers, 'if-unmodified-since'));
+    const since = parseHttpDate(field('if-unmodified-since'));
     if (since !== undefined && modified > since) return 412;
   }
   // 3-4. If-None-Match (weak); If-Modified-Since only without it, and only for GET and HEAD.
-  const ifNoneMatch = field(headers, 'if-none-match');
+  const ifNoneMatch = field('if-none-match');
   if (ifNoneMatch !== undefined) {
     if (listMatches(ifNoneMatch, etag, weakMatch)) return getOrHead ? 304 : 412;
   } else if (getOrHead && modified !== undefined) {
-    const since = parseHttpDate(field(headers, 'if-modified-since'));
+    const since = parseHttpDate(field('if-modified-since'));
     if (since !== undefined && modified <= since) return 304;
   }
   // 5. Range, for GET (and HEAD, which answers as GET would: RFC 9110 §9.3.2), unless If-Range fails.
-  const range = field(headers, 'range');
+  const range = field('range');
   if (range === undefined || !getOrHead) return undefined;
-  const ifRange = field(headers, 'if-range');
+  const ifRange = field('if-range');
   if (ifRange === undefined) return range;
   const [tag] = scanETag(ifRange);
   if (tag !== '') return etag !== undefined && strongMatch(tag, etag) ? range : undefined;
   // A date: it must be the Last-Modified exactly (RFC 9110 §13.1.5), to the second.
   const date = parseHttpDate(ifRange);
   return date !== undefined && modified !== undefined && date === modified ? range : undefined;
-}
-
-/** A request header's value, with an empty one taken as absent (as Go's `Header.Get` reads it). */
-function field(headers: IncomingHttpHeaders, name: string): string | undefined {
-  const value = headers[name];
-  const text = Array.isArray(value) ? value.join(', ') : value;
-  return text === undefined || text === '' ? undefined : text;
 }
 
 /** `*` or a list of entity-tags, read as Go's `checkIfMatch`/`checkIfNoneMatch` read them: true when one matches. */
@@ -248,12 +237,7 @@ function trimOWS(s: string): string {
 
 /** The backend's headers a 304 keeps (ETag, Cache-Control, Content-Disposition, …), then Last-Modified. */
 function notModifiedHeaders(head: ResponseHead, modified: string | undefined): string[] {
-  const headers: string[] = [];
-  for (let i = 0; i < head.headers.length; i += 2) {
-    const name = head.headers[i] as string;
-    const lower = name.toLowerCase();
-    if (!BODY_HEADERS.has(lower) && !NOT_MODIFIED_DROPS.has(lower)) headers.push(name, head.headers[i + 1] as string);
-  }
+  const headers = withoutNamed(head.headers, NOT_MODIFIED_DROPS);
   if (modified !== undefined) headers.push('Last-Modified', modified);
   headers.push('X-Accel-Buffering', 'no');
   return headers;
@@ -265,15 +249,10 @@ function answerWithoutBody(res: ServerResponse, status: 304 | 412 | 416, headers
   res.end();
 }
 
-/** The first value of a header the backend sent, or undefined. */
-function firstValue(headers: string[], lowerName: string): string | undefined {
-  for (let i = 0; i < headers.length; i += 2) {
-    if ((headers[i] as string).toLowerCase() === lowerName) return headers[i + 1] as string;
-  }
-  return undefined;
-}
-
-/** Up to `max` bytes from the start of a file (fewer when it is shorter); never more. */
+/**
+ * Up to `max` bytes from the start of a file (fewer when it is shorter). Its own open: for HEAD,
+ * @fastify/send opens nothing, and the type is still to be named.
+ */
 async function readFirstBytes(path: string, max: number): Promise<Buffer> {
   const handle = await open(path, 'r');
   try {

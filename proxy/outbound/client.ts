@@ -3,7 +3,7 @@ import { isIP, type LookupFunction } from 'node:net';
 import type { Readable } from 'node:stream';
 import { Agent, type Dispatcher, EnvHttpProxyAgent } from 'undici';
 import type { Config } from '../../config/schema.js';
-import { HostRules, type Narrowing, refusal } from './policy.js';
+import { addressKind, HostRules, type Narrowing, refusal } from './policy.js';
 
 /** An outbound URL the policy does not allow (scheme, host, address, or too many redirects). */
 export class OutboundRefusedError extends Error {
@@ -82,7 +82,11 @@ export function createOutbound(config: Pick<Config, 'outbound'>, opts: OutboundO
    */
   const allowedAddresses = async (hostname: string, narrowing: Narrowing | undefined, every = false): Promise<LookupAddress[]> => {
     const addresses = await resolve(baseLookup, hostname);
-    const exempt = narrowing?.ssrfFilter === true ? await resolveAll(baseLookup, narrowing.allowedHosts) : [];
+    // The instruction's AllowedURIs only matter for an internal address its SSRFFilter would refuse.
+    const exempt =
+      narrowing?.ssrfFilter === true && addresses.some((a) => addressKind(a.address) !== 'public')
+        ? await resolveAll(baseLookup, narrowing.allowedHosts)
+        : [];
     const allowed: LookupAddress[] = [];
     let reason: string | undefined;
     for (const a of addresses) {
@@ -96,7 +100,7 @@ export function createOutbound(config: Pick<Config, 'outbound'>, opts: OutboundO
   };
 
   const agentFor = (connectTimeout: number, narrowing: Narrowing | undefined): Dispatcher => {
-    const key = `${connectTimeout} ${JSON.stringify(narrowing ?? null)}`;
+    const key = narrowing === undefined ? String(connectTimeout) : `${connectTimeout} ${JSON.stringify(narrowing)}`;
     const known = agents.get(key);
     if (known !== undefined) return known;
     const lookup: LookupFunction = (hostname, options, callback) => {

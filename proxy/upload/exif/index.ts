@@ -1,6 +1,7 @@
-import { Readable, Transform } from 'node:stream';
+import { Readable } from 'node:stream';
 import { ensureDirectory } from '../store/disk.js';
 import { StoreError } from '../store/errors.js';
+import { feed, Meter } from '../store/meter.js';
 import { MetadataError } from './errors.js';
 import { stripJpeg } from './jpeg.js';
 import { stripPng } from './png.js';
@@ -9,7 +10,7 @@ import { SNIFF_LENGTH, sniff } from './sniff.js';
 import { stripTiff } from './tiff.js';
 import { checkWebp } from './webp.js';
 
-export { MetadataError, type MetadataFailure } from './errors.js';
+export { MetadataError } from './errors.js';
 
 export interface StripOptions {
   /** An existing directory for scratch files (formats that cannot be rewritten while streaming); every scratch file is removed when the returned stream ends, errors or is destroyed. */
@@ -104,28 +105,21 @@ export interface SaveStrippedOptions extends StripOptions {
  */
 export async function saveStripped<T>(input: Readable, opts: SaveStrippedOptions, save: (stripped: Readable) => Promise<T>): Promise<T> {
   await ensureDirectory(opts.tempDir, opts.fileMode);
-  let failure: Error | undefined;
-  let bytes = 0;
-  const counted = new Transform({
-    transform(chunk: Buffer, _encoding, callback) {
-      bytes += chunk.length;
-      if (opts.maxSize > 0 && bytes > opts.maxSize) {
-        failure ??= new StoreError('too-large', `the file is larger than the ${opts.maxSize} bytes allowed`);
-        callback(failure);
-      } else callback(null, chunk);
-    },
-  });
-  input.pipe(counted);
+  // The store's own meter, hashing nothing: it refuses the input past MaximumSize, and `feed`
+  // never destroys the input.
+  const counted = new Meter([], opts.maxSize);
+  const stop = feed(input, counted);
   const stripped = stripMetadata(counted, opts);
+  let failure: Error | undefined;
   stripped.on('error', (err) => {
-    if (err instanceof MetadataError) failure ??= err;
+    if (err instanceof MetadataError || err instanceof StoreError) failure ??= err;
   });
   try {
     return await save(stripped);
   } catch (err) {
     throw failure ?? err;
   } finally {
-    input.unpipe(counted);
+    stop();
     if (!stripped.closed) {
       const closed = new Promise((resolve) => stripped.once('close', resolve));
       stripped.destroy();

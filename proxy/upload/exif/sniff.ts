@@ -1,5 +1,5 @@
 /** What the first bytes of a file say it is, as far as metadata goes. */
-export type Sniffed =
+type Sniffed =
   | { kind: 'jpeg' | 'png' | 'tiff' | 'webp' | 'other' }
   | { kind: 'unsupported'; why: string }
   | { kind: 'malformed'; why: string };

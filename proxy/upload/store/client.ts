@@ -3,6 +3,7 @@ import { Readable } from 'node:stream';
 import type { PutObjectCommandInput, S3Client } from '@aws-sdk/client-s3';
 import type { NodeHttpHandler } from '@smithy/node-http-handler';
 import type { Config } from '../../../config/schema.js';
+import { DELETE_TIMEOUT_MS } from './stash.js';
 
 /** Where the own client stores a file: `RemoteTempObjectID` in `RemoteObject.ObjectStorage.S3Config`'s bucket. */
 export interface ClientTarget {
@@ -12,7 +13,7 @@ export interface ClientTarget {
 }
 
 /** `RemoteObject.ObjectStorage.S3Config`, as the backend sends it. */
-export interface S3Settings {
+interface S3Settings {
   bucket: string;
   region: string;
   /** A custom endpoint (MinIO, another S3-compatible store); AWS's own when undefined. */
@@ -24,14 +25,12 @@ export interface S3Settings {
 }
 
 /** S3's multipart limits: parts of at least 5 MiB (but the last), at most 10,000 of them. */
-export const MIN_PART_SIZE = 5 * 1024 * 1024;
-export const MAX_PARTS = 10_000;
+const MIN_PART_SIZE = 5 * 1024 * 1024;
+const MAX_PARTS = 10_000;
 /** Parts sent at once by one upload: memory per upload stays near (QUEUE_SIZE + 1) × part size. */
 const QUEUE_SIZE = 4;
 /** Clients kept, one per S3Config the backend sends (a few buckets, one endpoint, in practice). */
 const MAX_CLIENTS = 16;
-/** A temp object's deletion after the request: bounded, like Workhorse's 60 s delete context. */
-const DELETE_TIMEOUT_MS = 60_000;
 
 /**
  * Outrider's own object storage client (`[object_storage]`, Workhorse's `S3v2Object`): streams a
@@ -46,7 +45,7 @@ export interface ObjectStorage {
   close(): void;
 }
 
-export interface PutOptions {
+interface PutOptions {
   /** The exact size when known (a body upload's Content-Length), else undefined. */
   size: number | undefined;
   /** `MaximumSize` (0: none): the largest the file can be, which bounds the part size too. */
@@ -85,7 +84,7 @@ const PUT_PARAMS: Record<string, keyof PutObjectCommandInput> = {
  * and `x-amz-meta-*` as metadata. Others (Content-MD5, Expect…) describe one request, not the
  * object, and would be wrong on a multipart upload: they are not sent.
  */
-export function putParams(headers: Record<string, string>): Partial<PutObjectCommandInput> {
+function putParams(headers: Record<string, string>): Partial<PutObjectCommandInput> {
   const params: Record<string, unknown> = {};
   const metadata: Record<string, string> = {};
   for (const [name, value] of Object.entries(headers)) {

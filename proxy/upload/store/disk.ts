@@ -50,7 +50,7 @@ export async function ensureDirectory(dir: string, fileMode = 0o600): Promise<vo
 }
 
 /** A directory for files of `mode`: searchable and listable where the file is readable, writable (to move it away) where it is. */
-export function directoryMode(mode: number): number {
+function directoryMode(mode: number): number {
   let dir = 0o700;
   if (mode & 0o040) dir |= 0o050;
   if (mode & 0o020) dir |= 0o020;

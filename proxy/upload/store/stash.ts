@@ -3,6 +3,9 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Outbound } from '../../outbound/client.js';
 
+/** A temp object's deletion once the request ended (presigned DELETE or the own client's): bounded, as Workhorse's 60 s delete context. */
+export const DELETE_TIMEOUT_MS = 60_000;
+
 /** Everything one request stored, removed when the request is over, whatever way it ends. */
 export class Stash {
   private readonly files: string[] = [];
@@ -23,7 +26,7 @@ export class Stash {
   /** A remote temporary object to delete (`DeleteURL`, a presigned DELETE) when the request ends. */
   remoteObject(deleteUrl: string): void {
     this.onClear(async () => {
-      const res = await this.outbound.request(deleteUrl, { method: 'DELETE', signal: AbortSignal.timeout(30_000) });
+      const res = await this.outbound.request(deleteUrl, { method: 'DELETE', signal: AbortSignal.timeout(DELETE_TIMEOUT_MS) });
       await res.body.dump({ limit: 1 });
     });
   }
