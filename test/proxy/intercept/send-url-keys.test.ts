@@ -53,7 +53,7 @@ describe('send-url: the keys Rails sends', () => {
     expect(sent?.headers['x-multi']).toBe('one, two');
     expect(sent?.headers.range).toBe('bytes=0-1');
     // A hop-by-hop header in the instruction is not sent: the connection is Outrider's.
-    expect(sent?.headers.connection).not.toBe('close');
+    expect(sent?.headers.connection).toBe('keep-alive');
   });
 
   it('sends a GET with no body when Method and Body are absent', async () => {
@@ -206,20 +206,23 @@ describe('send-url: the default outbound policy', () => {
     expect(origin.connections()).toBe(0);
   });
 
-  it('refuses the cloud metadata address and private ranges at once, without a connect timeout', async () => {
-    for (const url of [
-      'http://169.254.169.254/latest/meta-data/',
-      'http://10.1.2.3/',
-      'http://192.168.0.1/',
-      'http://100.64.0.1/',
-      'http://[fd00::1]/',
-      'http://0.0.0.0/',
+  it('refuses the cloud metadata address and private ranges at once, naming the kind of address', async () => {
+    for (const [url, kind] of [
+      ['http://169.254.169.254/latest/meta-data/', 'metadata'],
+      ['http://10.1.2.3/', 'private'],
+      ['http://192.168.0.1/', 'private'],
+      ['http://100.64.0.1/', 'shared (CGNAT)'],
+      ['http://[fd00::1]/', 'private'],
+      ['http://0.0.0.0/', 'unspecified'],
     ]) {
       const backend = await railsLike(sendUrl({ URL: url }));
+      const logs: Record<string, unknown>[] = [];
       const started = Date.now();
-      const res = await buildProxy(backend.url, { toml: DEFAULT_POLICY }).inject({ url: '/x' });
+      const res = await buildProxy(backend.url, { toml: DEFAULT_POLICY, logs }).inject({ url: '/x' });
       expect(res.statusCode, url).toBe(502);
       expect(Date.now() - started, url).toBeLessThan(1_000);
+      // Refused by the policy, not failed on the network.
+      expect(logs.find((l) => l.status === 'refused')?.reason, url).toContain(`a ${kind} address`);
     }
   });
 

@@ -4,18 +4,13 @@ import sharp from 'sharp';
 import { request } from 'undici';
 import { describe, expect, it } from 'vitest';
 import { startProxy } from '../../helpers/app.js';
-import { uploadRoutesToml, uploadScratch } from '../../helpers/uploads.js';
 import { base, expectNoSecrets, readIfds, SECRET_EXIF } from './exif/helpers.js';
-import { form, localAnswer, newDir, uploadBackend } from './setup.js';
-
-const { secretPath } = uploadScratch('outrider-strip-');
+import { cameraTiff } from './exif/tiff-camera.js';
+import { form, localAnswer, newDir, routesToml, uploadBackend } from './setup.js';
 
 /** The upload routes of the other upload tests, each with `strip_exif = true`, and `^/keep/` without it. */
 function stripToml(tempDir: string): string {
-  const routes = uploadRoutesToml({ secretPath, tempDir, maxFiles: 3 }).replaceAll(
-    '[[uploads.routes]]\n',
-    '[[uploads.routes]]\nstrip_exif = true\n',
-  );
+  const routes = routesToml(tempDir).replaceAll('[[uploads.routes]]\n', '[[uploads.routes]]\nstrip_exif = true\n');
   return `${routes}[[uploads.routes]]\nmethod = "POST"\npath = "^/keep/"\n`;
 }
 
@@ -70,6 +65,10 @@ describe('strip_exif on an upload route', () => {
     const body = await request(`${proxy.url}/packages/me.jpg`, { method: 'PUT', body: photo });
     expect(body.statusCode).toBe(201);
     await body.body.dump();
+    const fromBody = backend.received.at(-1)?.files['file.path'] as Buffer;
+    expect(await hasGps(fromBody)).toBe(false);
+    expectNoSecrets(fromBody);
+    expect((await sharp(fromBody).metadata()).orientation).toBe(6);
 
     const webp = await base(40, 40).webp().withExif(SECRET_EXIF).toBuffer();
     const broken = Buffer.concat([Buffer.from([0xff, 0xd8, 0xff, 0xe1, 0xff, 0xff]), Buffer.alloc(100)]);
@@ -135,14 +134,30 @@ describe('strip_exif on an upload route', () => {
       headers: { 'content-type': 'multipart/form-data; boundary=b' },
       body: Readable.from(endless()),
     }).catch((err: Error) => err);
-    if (!(stream instanceof Error)) {
-      expect(stream.statusCode).toBe(413);
-      await stream.body.dump();
-    }
+    // Answered 413 while the client still sends, or cut after that answer: either way, early.
+    const status = stream instanceof Error ? 413 : stream.statusCode;
+    if (!(stream instanceof Error)) await stream.body.dump();
+    expect(status).toBe(413);
     expect(sent).toBeLessThan(16 << 20);
     await new Promise((r) => setTimeout(r, 100));
     expect(readdirSync(store)).toEqual([]);
     expect(readdirSync(temp)).toEqual([]);
+  });
+
+  it('stores a TIFF without its GPS, Exif and camera tags, the same pixels and orientation', async () => {
+    const store = newDir();
+    const backend = await uploadBackend(localAnswer(store));
+    const proxy = await startProxy(backend.url, { toml: stripToml(newDir()) });
+    const scan = await cameraTiff();
+    expect(readIfds(scan).ifds[0]?.has(0x8825)).toBe(true);
+    const res = await request(`${proxy.url}/uploads/x`, { method: 'POST', body: form([['file', { data: scan, filename: 'scan.tiff' }]]) });
+    expect(res.statusCode).toBe(201);
+    await res.body.dump();
+    const stored = backend.received.at(-1)?.files['file.path'] as Buffer;
+    expect(readIfds(stored).ifds[0]?.has(0x8825)).toBe(false);
+    expectNoSecrets(stored);
+    expect((await sharp(stored).metadata()).orientation).toBe(6);
+    expect(Buffer.compare(await sharp(stored).raw().toBuffer(), await sharp(scan).raw().toBuffer())).toBe(0);
   });
 
   it('passes a file that is not an image unchanged', async () => {

@@ -235,6 +235,8 @@ describe('Prometheus metrics', () => {
   it('count uploads by outcome with the bytes read from the client, labelled by their route', async () => {
     const store = join(dir, 'store');
     mkdirSync(store, { recursive: true });
+    const blocker = join(dir, 'a-file');
+    writeFileSync(blocker, '');
     const backend = await startBackend(async (req, res) => {
       if (req.url === '/uploads/refuse/authorize') return void res.writeHead(403, { 'content-type': 'text/plain' }).end('no');
       if (req.url === '/uploads/small/authorize') {
@@ -242,7 +244,7 @@ describe('Prometheus metrics', () => {
       }
       if (req.url === '/uploads/broken/authorize') {
         // A directory that cannot exist (its parent is a file): Outrider's own failure, a 500.
-        return void res.writeHead(200, { 'content-type': API_TYPE }).end(JSON.stringify({ TempPath: '/etc/hostname/not-a-directory' }));
+        return void res.writeHead(200, { 'content-type': API_TYPE }).end(JSON.stringify({ TempPath: join(blocker, 'not-a-directory') }));
       }
       await readBody(req);
       res.writeHead(201).end('created');
@@ -260,13 +262,21 @@ describe('Prometheus metrics', () => {
     expect(await upload('/uploads/refuse', 4000)).toBe(403);
     expect(await upload('/uploads/small', 50_000)).toBe(413);
     expect(await upload('/uploads/broken', 4000)).toBe(500);
+    // A malformed body is the client's fault too.
+    const malformed = await request(`${proxy.url}/open/b`, {
+      method: 'POST',
+      headers: { 'content-type': 'multipart/form-data; boundary=x' },
+      body: '--x\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\ncut short',
+    });
+    expect(malformed.statusCode).toBe(400);
+    await malformed.body.dump();
     await new Promise((r) => setTimeout(r, 50));
 
     const m = await scrape(proxy.app);
     expect(m.value('outrider_upload_requests_total', { outcome: 'stored' })).toBe(1);
     expect(m.value('outrider_upload_requests_total', { outcome: 'refused' })).toBe(1);
     // An oversized file is the client's fault, not a failure an alert should fire on.
-    expect(m.value('outrider_upload_requests_total', { outcome: 'rejected' })).toBe(1);
+    expect(m.value('outrider_upload_requests_total', { outcome: 'rejected' })).toBe(2);
     expect(m.value('outrider_upload_requests_total', { outcome: 'failed' })).toBe(1);
     // Stored: the whole request, file and multipart framing. Refused: read before the answer.
     // Rejected: read until the file passed MaximumSize.
