@@ -1,7 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { parse, TomlError } from 'smol-toml';
-import type { z } from 'zod';
-import { ConfigError } from './errors.js';
+import { ConfigError, formatIssues } from './errors.js';
 import { type Config, configSchema } from './schema.js';
 
 /** A top-level key set from the command line, e.g. `--listen-addr` for `listen_addr`. */
@@ -38,7 +37,7 @@ export function loadConfig(text: string, opts: LoadConfigOptions = {}): Config {
   }
   const result = configSchema.safeParse(raw);
   if (!result.success) {
-    const lines = result.error.issues.map((issue) => formatIssue(issue, flags));
+    const lines = formatIssues(result.error.issues, { schema: configSchema, raw, flags });
     throw new ConfigError(`${source}: invalid config\n${lines.join('\n')}`, { cause: result.error });
   }
   return result.data;
@@ -55,21 +54,4 @@ export function loadConfigFile(path: string, overrides: ConfigOverride[] = []): 
     throw new ConfigError(`${path}: cannot read config file (${why})`, { cause: err });
   }
   return loadConfig(text, { source: path, overrides });
-}
-
-function formatIssue(issue: z.core.$ZodIssue, flags: Map<string, string>): string {
-  const path = issue.path.map(String);
-  if (issue.code === 'unrecognized_keys') {
-    return issue.keys
-      .map((k) => {
-        const where = [...path, k].join('.');
-        const section = path.length === 0 ? 'at the top level' : `in [${path.join('.')}]`;
-        return `  - ${where}: unknown key ${section}`;
-      })
-      .join('\n');
-  }
-  const key = path.join('.') || '(top level)';
-  const flag = path.length === 1 ? flags.get(path[0] as string) : undefined;
-  const where = flag === undefined ? key : `${flag} (${key})`;
-  return `  - ${where}: ${issue.message}`;
 }

@@ -5,7 +5,7 @@ import type { Config } from '../../config/schema.js';
 import { createClusterMetrics } from '../observe/metrics/cluster.js';
 import { createMetricsServer, type MetricsServer } from '../observe/metrics/server.js';
 import { createHealth } from '../routes/health.js';
-import { removeStaleSocket } from './listen.js';
+import { removeStaleSocket, reportStartFailure } from './listen.js';
 import { VERSION } from './version.js';
 
 /** Set on forked workers: the primary's validated `Config`, v8-serialized (RegExps survive), base64. */
@@ -115,6 +115,7 @@ export async function runPrimary(config: Config, logger: Logger): Promise<void> 
       await metricsServer.listen();
     } catch (err) {
       logger.fatal({ code: (err as NodeJS.ErrnoException).code }, (err as Error).message);
+      reportStartFailure((err as Error).message);
       process.exitCode = 1;
       return;
     }

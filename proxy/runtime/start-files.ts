@@ -1,5 +1,5 @@
 import { statSync } from 'node:fs';
-import { ConfigError } from '../../config/errors.js';
+import { ConfigError, secretHint } from '../../config/errors.js';
 import type { Config } from '../../config/schema.js';
 import { OutriderSecretError } from '../../protocol/errors.js';
 import { readSecret } from '../../protocol/secret.js';
@@ -14,7 +14,10 @@ export function loadSecret(path: string): Buffer {
   try {
     return readSecret(path, 'the secret (secret_path)');
   } catch (err) {
-    if (err instanceof OutriderSecretError) throw new ConfigError(err.message, { cause: err });
+    if (err instanceof OutriderSecretError) {
+      const errno = (err.cause as NodeJS.ErrnoException | undefined)?.code;
+      throw new ConfigError(`${err.message} — ${secretHint(path, errno)}`, { cause: err });
+    }
     throw err;
   }
 }

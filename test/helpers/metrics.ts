@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import type { FastifyInstance } from 'fastify';
 import { request } from 'undici';
 
@@ -59,4 +60,21 @@ export function parseMetrics(text: string): Scrape {
       return found[0]?.value ?? 0;
     },
   };
+}
+
+/** What `promtool check metrics` said about a scrape: its exit status and its complaints, one a line. */
+export interface PromtoolResult {
+  status: number;
+  output: string;
+}
+
+/**
+ * Runs Prometheus' own linter, `promtool check metrics`, on a scrape's text. Undefined when
+ * promtool is not installed (Debian: `apt-get install prometheus`).
+ */
+export function promtoolCheck(text: string): PromtoolResult | undefined {
+  const res = spawnSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8', timeout: 10_000 });
+  if ((res.error as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') return undefined;
+  if (res.error !== undefined) throw res.error;
+  return { status: res.status ?? -1, output: `${res.stdout}${res.stderr}`.trim() };
 }

@@ -78,7 +78,7 @@ describe('the outrider command', () => {
       `outrider: ${file}: invalid config\n` +
         '  - listen_addr: expected "host:port" (port 0-65535) or "unix:/absolute/path", got "localhost"\n' +
         '  - image_resizer.max_scaler_procs: expected a number of concurrent scaling jobs of at least 1\n' +
-        '  - image_resizer.typo: unknown key in [image_resizer]\n',
+        '  - image_resizer.typo: unknown key in [image_resizer] (config.example.toml lists every key)\n',
     );
     expect(res.stdout).toBe('');
   });
@@ -117,15 +117,21 @@ describe('the outrider command', () => {
     };
     const missing = run(['--config', config(join(dir, 'nope'))]);
     expect(missing.status).toBe(2);
-    expect(missing.stderr).toBe(`outrider: ${join(dir, 'nope')}: cannot read the secret (secret_path): no such file\n`);
+    const makeOne = (path: string) =>
+      ` — make one with: (umask 077; head -c 32 /dev/urandom | base64 > ${path}) and give the backend the same file\n`;
+    expect(missing.stderr).toBe(
+      `outrider: ${join(dir, 'nope')}: cannot read the secret (secret_path): no such file${makeOne(join(dir, 'nope'))}`,
+    );
     // --secret-path overrides the file's secret_path.
     const flagged = run(['--config', config(join(dir, 'nope')), '--secret-path', join(dir, 'other')]);
-    expect(flagged.stderr).toBe(`outrider: ${join(dir, 'other')}: cannot read the secret (secret_path): no such file\n`);
+    expect(flagged.stderr).toBe(
+      `outrider: ${join(dir, 'other')}: cannot read the secret (secret_path): no such file${makeOne(join(dir, 'other'))}`,
+    );
     const short = join(dir, 'short');
     writeFileSync(short, Buffer.alloc(16).toString('base64'));
     const bad = run(['--config', config(short)]);
     expect(bad.status).toBe(2);
-    expect(bad.stderr).toBe(`outrider: ${short}: the secret (secret_path) must be the base64 of 32 bytes, got 16 bytes\n`);
+    expect(bad.stderr).toBe(`outrider: ${short}: the secret (secret_path) must be the base64 of 32 bytes, got 16 bytes${makeOne(short)}`);
     const regex = join(dir, 'regex.toml');
     writeFileSync(regex, '[[uploads.routes]]\nmethod = "POST"\npath = "^/uploads/("\n');
     const badRegex = run(['--config', regex]);

@@ -34,11 +34,40 @@ export const CATCH_ALL_ROUTE = '*';
 /** Workhorse's buckets (`internal/upstream/metrics.go`, `internal/imageresizer`). */
 const DURATION_BUCKETS = [0.005, 0.025, 0.1, 0.5, 1, 10, 30, 60, 300];
 const SIZE_BUCKETS = [10, 64, 256, 1024, 64 * 1024, 256 * 1024, 1024 * 1024, 64 * 1024 * 1024];
+/**
+ * What the byte families count: what the connection carried after the response's header block,
+ * read from the socket's byte counter. That is the body, plus chunked-encoding framing (a few
+ * bytes per chunk) when the response has no Content-Length.
+ */
+const AFTER_HEADERS = 'headers not included: the body, plus chunked-encoding framing when the response is chunked';
 /** Distinct `width` label values per content type of `image_resize_duration_seconds`; then 'other'. */
 const WIDTH_LABELS = 64;
 const RESIZE_BUCKETS = [0.025, 0.05, 0.1, 0.2, 0.4, 0.8];
 
-/** The interceptors counted as send-data injecters (`senddata_responses{injecter}`); X-Sendfile has its own family. */
+/**
+ * The namespace whose names are GitLab Workhorse's, byte for byte, so GitLab's dashboards and
+ * alerts read Outrider as they read Workhorse.
+ */
+export const WORKHORSE_NAMESPACE = 'gitlab_workhorse';
+
+/**
+ * prom-client's default metrics that `promtool check metrics` refuses: gauges named `_total`.
+ * Each is the sum of the labelled gauge beside it (`sum without (type) (nodejs_active_handles)`),
+ * so they are dropped, not renamed: nothing is lost and no made-up name appears.
+ */
+export const DROPPED_DEFAULT_METRICS = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
+
+/**
+ * The name of one of Workhorse's four counters that have no `_total` suffix (`senddata_responses`,
+ * `senddata_response_bytes`, `sendfile_requests`, `sendfile_bytes`: named before client_golang
+ * and promtool asked for it). Under `gitlab_workhorse` they keep Workhorse's exact names; under
+ * any other namespace they end in `_total`, as Prometheus' naming rules want of a counter.
+ */
+export function workhorseCounterName(namespace: string, name: string): string {
+  return namespace === WORKHORSE_NAMESPACE ? `${namespace}_${name}` : `${namespace}_${name}_total`;
+}
+
+/** The interceptors counted as send-data injecters (`senddata_responses_total{injecter}`); X-Sendfile has its own family. */
 const INJECTERS = [injecterName(SEND_URL_PREFIX), injecterName(SCALED_IMG_PREFIX)];
 const SENDFILE = 'sendfile';
 /** Workhorse's `sendfile_requests{type}`: artifact downloads apart from the rest. */
@@ -51,7 +80,14 @@ export interface MetricsOptions {
   maxScalerProcs: number;
   /** Scaling jobs running now, read at scrape time. */
   scalerRunning: () => number;
+  /** `[image_resizer.shared_cache]` is set: its families are exported. */
+  sharedCache?: boolean;
 }
+
+/** `image_shared_cache_requests_total{result}` values: what a lookup in the shared tier found. */
+export const SHARED_CACHE_RESULTS = ['hit', 'miss', 'error', 'skipped'] as const;
+/** `image_shared_cache_lease_waits_total{result}` values: how a wait for another node's scaling ended. */
+export const LEASE_WAIT_RESULTS = ['filled', 'gone', 'timeout'] as const;
 
 /**
  * What Outrider measures, recorded where it happens. `begin` makes one small `Measure` per request;
@@ -73,6 +109,14 @@ export interface Metrics {
   imageResizeDuration(contentType: string, width: number, seconds: number): void;
   /** All scaling slots were busy: the original was served. */
   imageResizeLimitExceeded(): void;
+  /** A lookup in the shared tier (Redis): found, not found, failed, or skipped (unavailable). */
+  sharedCacheLookup(result: (typeof SHARED_CACHE_RESULTS)[number]): void;
+  /** A wait for another node's scaling ended. */
+  sharedCacheLeaseWait(result: (typeof LEASE_WAIT_RESULTS)[number]): void;
+  /** Scaled-image bytes read from or written to the shared tier. */
+  sharedCacheBytes(direction: 'read' | 'written', bytes: number): void;
+  /** The shared tier became available (connected, breaker closed) or not. */
+  sharedCacheAvailable(available: boolean): void;
   /** An upload request's outcome, with the bytes read from the client for it so far. */
   upload(outcome: UploadOutcome, req: IncomingMessage): void;
 }
@@ -128,7 +172,12 @@ export function createMetrics(opts: MetricsOptions): Metrics {
     ),
   );
   const responseSize = register(
-    new HistogramFamily(`${ns}_http_response_size_bytes`, 'Response body bytes sent to the client per request.', httpLabels, SIZE_BUCKETS),
+    new HistogramFamily(
+      `${ns}_http_response_size_bytes`,
+      `Bytes sent to the client per request, ${AFTER_HEADERS}.`,
+      httpLabels,
+      SIZE_BUCKETS,
+    ),
   );
   let inFlight = 0;
   new Gauge({
@@ -170,25 +219,74 @@ export function createMetrics(opts: MetricsOptions): Metrics {
   });
   new Gauge({
     name: `${ns}_image_resize_max_processes`,
-    help: 'Scaling jobs allowed at once (max_scaler_procs).',
+    help: 'Scaling jobs allowed at once (max_scaler_procs, summed over worker processes).',
     registers: [registry],
   }).set(opts.maxScalerProcs);
 
-  // Workhorse's names: these two counters have no _total suffix.
   const senddataResponses = register(
-    new CounterFamily(`${ns}_senddata_responses`, 'Backend responses taken over by a send-data injecter.', ['injecter']),
+    new CounterFamily(workhorseCounterName(ns, 'senddata_responses'), 'Backend responses taken over by a send-data injecter.', [
+      'injecter',
+    ]),
   );
   const senddataBytes = register(
-    new CounterFamily(`${ns}_senddata_response_bytes`, 'Response body bytes sent by send-data injecters.', ['injecter']),
+    new CounterFamily(
+      workhorseCounterName(ns, 'senddata_response_bytes'),
+      `Bytes sent to the client by send-data injecters, ${AFTER_HEADERS}.`,
+      ['injecter'],
+    ),
   );
   const injecters = new Map(
     INJECTERS.map((name) => [name, { responses: senddataResponses.child(name), bytes: senddataBytes.child(name) }]),
   );
-  const sendfileRequests = register(new CounterFamily(`${ns}_sendfile_requests`, 'X-Sendfile responses served.', ['type']));
-  const sendfileBytes = register(new CounterFamily(`${ns}_sendfile_bytes`, 'Response body bytes sent for X-Sendfile.', ['type']));
+  const sendfileRequests = register(
+    new CounterFamily(workhorseCounterName(ns, 'sendfile_requests'), 'X-Sendfile responses served.', ['type']),
+  );
+  const sendfileBytes = register(
+    new CounterFamily(workhorseCounterName(ns, 'sendfile_bytes'), `Bytes sent to the client for X-Sendfile, ${AFTER_HEADERS}.`, ['type']),
+  );
   const sendfileByType = new Map(
     ['artifacts', 'other'].map((type) => [type, { requests: sendfileRequests.child(type), bytes: sendfileBytes.child(type) }]),
   );
+
+  // The shared tier's families exist only when it is configured; each counter starts at 0.
+  const shared = opts.sharedCache === true;
+  const sharedLookups = shared
+    ? register(
+        new CounterFamily(`${ns}_image_shared_cache_requests_total`, 'Lookups in the shared scaled-image cache (Redis) by result.', [
+          'result',
+        ]),
+      )
+    : undefined;
+  const sharedLookup = new Map(SHARED_CACHE_RESULTS.map((r) => [r, sharedLookups?.child(r)]));
+  const sharedWaits = shared
+    ? register(
+        new CounterFamily(
+          `${ns}_image_shared_cache_lease_waits_total`,
+          "Waits for another node's scaling of the same image (its lease), by how they ended.",
+          ['result'],
+        ),
+      )
+    : undefined;
+  const sharedWait = new Map(LEASE_WAIT_RESULTS.map((r) => [r, sharedWaits?.child(r)]));
+  const sharedBytes = shared
+    ? register(
+        new CounterFamily(`${ns}_image_shared_cache_bytes_total`, 'Scaled-image bytes read from or written to the shared cache.', [
+          'direction',
+        ]),
+      )
+    : undefined;
+  const sharedBytesBy = { read: sharedBytes?.child('read'), written: sharedBytes?.child('written') };
+  let sharedAvailable = 0;
+  if (shared) {
+    new Gauge({
+      name: `${ns}_image_shared_cache_available`,
+      help: 'Processes whose shared cache is usable now (connected, circuit breaker closed).',
+      registers: [registry],
+      collect() {
+        this.set(sharedAvailable);
+      },
+    });
+  }
 
   const uploadRequests = register(new CounterFamily(`${ns}_upload_requests_total`, 'Accelerated upload requests by outcome.', ['outcome']));
   const uploadBytes = register(
@@ -201,6 +299,7 @@ export function createMetrics(opts: MetricsOptions): Metrics {
   const uploads = new Map(UPLOAD_OUTCOMES.map((o) => [o, { requests: uploadRequests.child(o), bytes: uploadBytes.child(o) }]));
 
   collectDefaultMetrics({ register: registry });
+  for (const name of DROPPED_DEFAULT_METRICS) registry.removeSingleMetric(name);
 
   // route → method → status → series. Every level is bounded: routes are the configured patterns,
   // methods the ones Node's parser accepts, statuses three digits.
@@ -292,6 +391,18 @@ export function createMetrics(opts: MetricsOptions): Metrics {
     },
     imageResizeLimitExceeded() {
       resizeLimit.inc();
+    },
+    sharedCacheLookup(result) {
+      sharedLookup.get(result)?.inc();
+    },
+    sharedCacheLeaseWait(result) {
+      sharedWait.get(result)?.inc();
+    },
+    sharedCacheBytes(direction, bytes) {
+      sharedBytesBy[direction]?.inc(bytes);
+    },
+    sharedCacheAvailable(available) {
+      sharedAvailable = available ? 1 : 0;
     },
     upload(outcome, req) {
       const counters = uploads.get(outcome);

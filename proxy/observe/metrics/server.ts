@@ -73,7 +73,7 @@ export function createMetricsServer(opts: MetricsServerOptions): MetricsServer {
       const addr = opts.addr;
       if (addr.kind === 'unix') removeStaleSocket(addr.path);
       return new Promise((resolve, reject) => {
-        const onError = (err: NodeJS.ErrnoException) => reject(new ListenError(`prometheus_listen_addr ${where}`, err));
+        const onError = (err: NodeJS.ErrnoException) => reject(new ListenError(`prometheus_listen_addr ${where}`, err, addr));
         server.once('error', onError);
         const ready = () => {
           server.off('error', onError);

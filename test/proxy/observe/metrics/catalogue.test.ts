@@ -69,6 +69,23 @@ describe('Prometheus metrics', () => {
     expect(m.value('outrider_http_in_flight_requests')).toBe(0);
   });
 
+  it('count the bytes after the header block as the response size: a body, with its chunk framing when chunked', async () => {
+    const backend = await startBackend((_req, res) => {
+      // No Content-Length: chunked, every chunk framed by its hex size and CRLFs.
+      res.writeHead(200, { 'content-type': 'text/plain', 'x-padding': 'p'.repeat(500) }).end('x'.repeat(1000));
+    });
+    const proxy = await startProxy(backend.url, { toml: METRICS });
+    const res = await request(`${proxy.url}/chunked`);
+    expect(res.headers['transfer-encoding']).toBe('chunked');
+    expect((await res.body.text()).length).toBe(1000);
+    const m = await scrape(proxy.app);
+    // "3e8\r\n" + 1000 bytes + "\r\n" + "0\r\n\r\n": the 500-byte header is not counted, the framing is.
+    expect(m.value('outrider_http_response_size_bytes_sum', { code: '200', method: 'GET', route: '*' })).toBe(1012);
+    expect(m.text).toContain(
+      '# HELP outrider_http_response_size_bytes Bytes sent to the client per request, headers not included: the body, plus chunked-encoding framing when the response is chunked.',
+    );
+  });
+
   it('keep the route label bounded: 1000 distinct paths are one series, named by the pattern that matched', async () => {
     const backend = await startBackend((_req, res) => res.end('ok'));
     const proxy = await startProxy(backend.url, {
@@ -152,11 +169,11 @@ describe('Prometheus metrics', () => {
     expect(m.value('outrider_image_resize_max_processes')).toBe(3);
     expect(m.value('outrider_image_resize_processes')).toBe(0);
     // Every response the injecter took over, and every body byte it sent (the 502's included).
-    expect(m.value('outrider_senddata_responses', { injecter: 'send-scaled-img' })).toBe(5);
-    expect(m.value('outrider_senddata_response_bytes', { injecter: 'send-scaled-img' })).toBe(
+    expect(m.value('outrider_senddata_responses_total', { injecter: 'send-scaled-img' })).toBe(5);
+    expect(m.value('outrider_senddata_response_bytes_total', { injecter: 'send-scaled-img' })).toBe(
       2 * scaled.body.length + original.body.length + failed.body.length,
     );
-    expect(m.value('outrider_senddata_responses', { injecter: 'send-url' })).toBe(0);
+    expect(m.value('outrider_senddata_responses_total', { injecter: 'send-url' })).toBe(0);
   });
 
   it('keep the width label of image_resize_duration_seconds bounded: exact widths for the first 64, then "other"', async () => {
@@ -192,7 +209,10 @@ describe('Prometheus metrics', () => {
       });
       res.end();
     });
-    const proxy = await startProxy(backend.url, { toml: `${METRICS}[image_resizer]\nmax_scaler_procs = 1\nmax_filesize = 20000000\n` });
+    // No waiting for a slot (the default waits a while): a busy scaler serves the original at once.
+    const proxy = await startProxy(backend.url, {
+      toml: `${METRICS}[image_resizer]\nmax_scaler_procs = 1\nmax_scaler_wait = "0s"\nmax_filesize = 20000000\n`,
+    });
     // Distinct widths: no two requests can share one scaling job.
     const answers = await Promise.all(Array.from({ length: 6 }, (_, i) => get(`${proxy.url}/big?w=${100 + i}`)));
     expect(answers.every((a) => a.status === 200)).toBe(true);
@@ -224,12 +244,12 @@ describe('Prometheus metrics', () => {
     expect((await get(`${proxy.url}/via-url`, { host: backendHost })).body.length).toBe(2000);
 
     const m = await scrape(proxy.app);
-    expect(m.value('outrider_sendfile_requests', { type: 'other' })).toBe(2);
-    expect(m.value('outrider_sendfile_bytes', { type: 'other' })).toBe(3100);
-    expect(m.value('outrider_sendfile_requests', { type: 'artifacts' })).toBe(1);
-    expect(m.value('outrider_sendfile_bytes', { type: 'artifacts' })).toBe(3000);
-    expect(m.value('outrider_senddata_responses', { injecter: 'send-url' })).toBe(1);
-    expect(m.value('outrider_senddata_response_bytes', { injecter: 'send-url' })).toBe(2000);
+    expect(m.value('outrider_sendfile_requests_total', { type: 'other' })).toBe(2);
+    expect(m.value('outrider_sendfile_bytes_total', { type: 'other' })).toBe(3100);
+    expect(m.value('outrider_sendfile_requests_total', { type: 'artifacts' })).toBe(1);
+    expect(m.value('outrider_sendfile_bytes_total', { type: 'artifacts' })).toBe(3000);
+    expect(m.value('outrider_senddata_responses_total', { injecter: 'send-url' })).toBe(1);
+    expect(m.value('outrider_senddata_response_bytes_total', { injecter: 'send-url' })).toBe(2000);
   });
 
   it('count uploads by outcome with the bytes read from the client, labelled by their route', async () => {
