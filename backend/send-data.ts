@@ -13,23 +13,38 @@ export { DETECT_CONTENT_TYPE_HEADER, SEND_DATA_HEADER, SENDFILE_HEADER };
 export interface ScaledImageOptions {
   /** An absolute path, or an `http(s)://` URL Outrider fetches (through its `[outbound]` network policy). */
   location: string;
-  /** The width to scale to, an integer of at least 1 (Outrider serves the original above `max_width`). */
+  /**
+   * The width to scale to, an integer from 1 to Outrider's `[image_resizer] max_width` (4096 by
+   * default). Above it the directive is invalid and Outrider answers 502, as Workhorse fails an
+   * invalid directive. At or above the original's own width the original is served as it is.
+   */
   width: number;
   /** The image's type, as Workhorse requires it: `image/png` or `image/jpeg`. */
   contentType: string;
+  /**
+   * Keep the source's format (PNG stays PNG) whatever the client accepts: for an image that is
+   * downloaded or processed further. Default false: Outrider may answer in WebP or AVIF when the
+   * request's Accept asks for it and `[image_resizer] formats` allows it, with `Vary: Accept`.
+   */
+  keepFormat?: boolean;
 }
 
 /**
  * `Gitlab-Workhorse-Send-Data: send-scaled-img:…`: Outrider scales the image at `location` to
  * `width` (or serves the original when scaling would not help) and answers revalidations with 304.
  */
-export function sendScaledImage({ location, width, contentType }: ScaledImageOptions): OutriderHeader {
+export function sendScaledImage({ location, width, contentType, keepFormat = false }: ScaledImageOptions): OutriderHeader {
   if (!isAbsolute(location) && !/^https?:\/\//i.test(location)) {
     throw new TypeError(`sendScaledImage: location must be an absolute path or an http(s) URL, got ${JSON.stringify(location)}`);
   }
   if (!Number.isInteger(width) || width < 1) throw new RangeError(`sendScaledImage: width must be an integer of at least 1, got ${width}`);
   if (contentType === '') throw new TypeError('sendScaledImage: contentType must be set');
-  return sendData(SCALED_IMG_PREFIX, { Location: location, Width: width, ContentType: contentType });
+  if (typeof keepFormat !== 'boolean')
+    throw new TypeError(`sendScaledImage: keepFormat must be true or false, got ${JSON.stringify(keepFormat)}`);
+  // Workhorse's three keys, and Outrider's own only when it is set, so the header stays Workhorse's.
+  const fields: Record<string, unknown> = { Location: location, Width: width, ContentType: contentType };
+  if (keepFormat) fields.KeepFormat = true;
+  return sendData(SCALED_IMG_PREFIX, fields);
 }
 
 /** `X-Sendfile: <path>`: Outrider serves the file (ranges, `If-Modified-Since`), the backend's Content-Type kept. */

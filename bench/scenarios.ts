@@ -46,6 +46,23 @@ export const scenarios: Scenario[] = [
   // Warm: the default cache, the same avatar again and again.
   { name: 'warm-png-64', target: 'edge-warm', path: '/avatar.png?width=64', connections: 50, baseline: 'proxy-1k' },
   { name: 'warm-jpeg-64', target: 'edge-warm', path: '/avatar.jpg?width=64', connections: 50, baseline: 'proxy-1k' },
+  // The same from the cache as the formats a browser accepts (chosen by Accept, cached per format).
+  {
+    name: 'warm-avif-64',
+    target: 'edge-warm',
+    path: '/avatar.png?width=64',
+    connections: 50,
+    baseline: 'proxy-1k',
+    headers: { accept: 'image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8' },
+  },
+  {
+    name: 'warm-webp-64',
+    target: 'edge-warm',
+    path: '/avatar.jpg?width=64',
+    connections: 50,
+    baseline: 'proxy-1k',
+    headers: { accept: 'image/webp,*/*' },
+  },
   // The 114 KB PNG original: from the backend itself, then by X-Sendfile through Outrider.
   { name: 'direct-png-114k', target: 'direct', path: '/static/avatar.png', connections: 50 },
   { name: 'sendfile-png-114k', target: 'edge', path: '/sendfile/avatar.png', connections: 50, baseline: 'direct-png-114k' },

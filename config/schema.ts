@@ -67,7 +67,15 @@ const imageResizer = z.strictObject({
   max_filesize: wholeNumber('a size in bytes', 0)
     .max(64 * 1024 * 1024, { error: 'expected at most 67108864 bytes (the source is held in memory while it is scaled)' })
     .default(250_000),
-  max_scaler_wait: duration('the longest wait for a scaling slot').default(0),
+  // A cold page of avatars queues for the slots instead of showing originals (README, "The scaler queue").
+  max_scaler_wait: duration('the longest wait for a scaling slot').default(1000),
+  max_scaler_queue: wholeNumber('a number of requests waiting for a scaling slot', 0)
+    .max(65536, { error: 'expected at most 65536 waiting requests' })
+    .optional(),
+  formats: z
+    .array(z.enum(['avif', 'webp'], { error: 'expected "avif" or "webp"' }), { error: 'expected a list of formats like ["avif", "webp"]' })
+    .refine((list) => new Set(list).size === list.length, { error: 'expected each format once' })
+    .default(['avif', 'webp']),
   max_width: wholeNumber('a width in pixels', 1).max(16384, { error: 'expected at most 16384 pixels' }).default(4096),
   limit_input_pixels: wholeNumber('a number of pixels', 1).default(25_000_000),
   cache_max_bytes: wholeNumber('a size in bytes', 0)
@@ -300,6 +308,9 @@ export const configSchema = fileSchema.superRefine(checkListeners).transform((f)
     maxScalerProcs: f.image_resizer.max_scaler_procs,
     maxFilesize: f.image_resizer.max_filesize,
     maxScalerWaitMs: f.image_resizer.max_scaler_wait,
+    // Eight waiting requests per slot: a browser's six connections per page, and some to spare.
+    maxScalerQueue: f.image_resizer.max_scaler_queue ?? f.image_resizer.max_scaler_procs * 8,
+    formats: f.image_resizer.formats,
     maxWidth: f.image_resizer.max_width,
     limitInputPixels: f.image_resizer.limit_input_pixels,
     cacheMaxBytes: f.image_resizer.cache_max_bytes,

@@ -18,7 +18,8 @@ import { createExampleBackend, prepareAvatars } from './backend.js';
 const backendPort = Number(process.env.EXAMPLE_BACKEND_PORT ?? 8080);
 const edgePort = Number(process.env.OUTRIDER_PORT ?? 8181);
 const cli = fileURLToPath(new URL('../proxy/cli.js', import.meta.url));
-const config = fileURLToPath(new URL('../../example/outrider.toml', import.meta.url));
+// EXAMPLE_OUTRIDER_CONFIG runs Outrider with another config (bench/cold-page.ts compares two).
+const config = process.env.EXAMPLE_OUTRIDER_CONFIG || fileURLToPath(new URL('../../example/outrider.toml', import.meta.url));
 
 // The secret Outrider signs upload fields with: 32 random bytes, base64 in a file only this user
 // can read (Workhorse's .gitlab_workhorse_secret), handed to Outrider with --secret-path.

@@ -127,7 +127,15 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
   const forwarder = createForwarder({
     upstream,
     interceptors:
-      opts.interceptors ?? createInterceptors({ outbound, scaler, maxWidth: config.imageResizer.maxWidth, log: app.log, metrics }),
+      opts.interceptors ??
+      createInterceptors({
+        outbound,
+        scaler,
+        maxWidth: config.imageResizer.maxWidth,
+        formats: config.imageResizer.formats,
+        log: app.log,
+        metrics,
+      }),
     version: VERSION,
     log: app.log,
     isClosing: () => closing,

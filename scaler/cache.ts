@@ -1,7 +1,9 @@
+import type { OutputType } from './limits.js';
+
 /** One scaled image as it is sent. */
 export interface CachedImage {
   body: Buffer;
-  contentType: 'image/png' | 'image/jpeg';
+  contentType: OutputType;
   width: number;
   originalBytes: number;
 }
@@ -91,8 +93,9 @@ export class ScaledCache {
 
 /**
  * The cache key: the source's identity (path or URL with its validators: mtime, size, inode or
- * ETag), the width, and the output settings' version, so a change to any of them is a miss.
+ * ETag), the width, the output format (`source` for the source's own) and the output settings'
+ * version, so a change to any of them is a miss.
  */
-export function cacheKey(identity: string, width: number, settings: string): string {
-  return `${settings}\u0000${width}\u0000${identity}`;
+export function cacheKey(identity: string, width: number, format: string, settings: string): string {
+  return `${settings}\u0000${format}\u0000${width}\u0000${identity}`;
 }

@@ -9,6 +9,11 @@ export interface ScaleDirective {
   location: ImageLocation;
   width: number;
   contentType: string;
+  /**
+   * `KeepFormat: true` (Outrider's own key): the source's format whatever the client accepts, for
+   * a backend that must keep PNG (a download, an image processed further). Absent: negotiated.
+   */
+  keepFormat: boolean;
 }
 
 export interface DirectiveOptions {
@@ -38,6 +43,14 @@ const vInteger =
     return value;
   };
 
+const vOptionalBoolean =
+  (field: string): Validator<boolean> =>
+  (value) => {
+    if (value === undefined || value === null) return false;
+    if (typeof value !== 'boolean') throw invalid(`'${field}' must be true or false, got ${JSON.stringify(value)}`);
+    return value;
+  };
+
 const vLocation =
   (field: string): Validator<ImageLocation> =>
   (value) => {
@@ -54,13 +67,15 @@ const vLocation =
   };
 
 /**
- * Validates the decoded directive `{"Location", "Width", "ContentType"}` (keys already lower-cased
- * by the send-data decoder). Unlike Workhorse, Width is range-checked here, not left to fail later.
+ * Validates the decoded directive `{"Location", "Width", "ContentType"}`, plus Outrider's optional
+ * `"KeepFormat"` (keys already lower-cased by the send-data decoder). Unlike Workhorse, Width is
+ * range-checked here, not left to fail later.
  */
 export function parseDirective(fields: ReadonlyMap<string, unknown>, opts: DirectiveOptions): ScaleDirective {
   return {
     location: vLocation('Location')(fields.get('location')),
     width: vInteger('Width', 1, opts.maxWidth)(fields.get('width')),
     contentType: vString('ContentType')(fields.get('contenttype')),
+    keepFormat: vOptionalBoolean('KeepFormat')(fields.get('keepformat')),
   };
 }

@@ -4,7 +4,7 @@ import { isNotModified, lastModified } from './conditional.js';
 import type { ImageLocation, ScaleDirective } from './directive.js';
 import { ScaleError } from './errors.js';
 import { createGate, type Gate } from './gate.js';
-import { type ImageFormat, MAGIC_LENGTH, precheck, sniffFormat } from './limits.js';
+import { type ImageFormat, MAGIC_LENGTH, type ModernFormat, OUTPUT_TYPES, type OutputType, precheck, sniffFormat } from './limits.js';
 import type { ScaleOutcomeName } from './outcomes.js';
 import { Prefix } from './prefix.js';
 import { inspect, RENDER_SETTINGS, render } from './scale.js';
@@ -12,6 +12,7 @@ import { inspect, RENDER_SETTINGS, render } from './scale.js';
 export type { ImageLocation, ScaleDirective } from './directive.js';
 export { parseDirective } from './directive.js';
 export { ScaleError, type ScaleErrorCode } from './errors.js';
+export type { ModernFormat, OutputFormat, OutputType } from './limits.js';
 export { IMAGE_RESIZE_STATUS, type ImageResizeStatus, SCALE_OUTCOMES, type ScaleOutcomeName } from './outcomes.js';
 
 /** An opened original image: what is known before reading it, and its bytes once. */
@@ -45,6 +46,8 @@ export interface ImageSource {
 export interface ScalerOptions {
   maxScalerProcs: number;
   maxScalerWaitMs: number;
+  /** Requests that may wait for a slot at once (`max_scaler_queue`); more get the original at once. */
+  maxScalerQueue: number;
   maxFilesize: number;
   limitInputPixels: number;
   /** Bytes of scaled images kept in memory (`cache_max_bytes`); 0 keeps none. */
@@ -53,6 +56,8 @@ export interface ScalerOptions {
 
 export interface ScaleRequest {
   directive: ScaleDirective;
+  /** The format the client accepts in place of the source's own; undefined keeps the source's. */
+  format?: ModernFormat | undefined;
   ifModifiedSince: string | undefined;
   /**
    * Its signal is aborted when the client goes away. Read only when scaling (for its slot) or a
@@ -77,7 +82,7 @@ export type ScaleOutcome =
       /** Scaled for this request, taken from the cache, or shared with a concurrent identical request. */
       outcome: Extract<ScaleOutcomeName, 'scaled' | 'cache-hit' | 'coalesced'>;
       body: Buffer;
-      contentType: 'image/png' | 'image/jpeg';
+      contentType: OutputType;
       width: number;
       originalBytes: number;
       lastModified: string | undefined;
@@ -100,19 +105,24 @@ export interface Scaler {
   readonly cache: ScaledCache;
 }
 
-const CONTENT_TYPES: Record<ImageFormat, 'image/png' | 'image/jpeg'> = { png: 'image/png', jpeg: 'image/jpeg' };
-
 /**
- * The last cache key made for each directive, with the identity it was made from: a directive
- * asked again for unchanged bytes reuses its key, and with it the hash V8 keeps in the string.
- * Directives come from a memo of the instruction header, so the same avatar is the same object.
+ * The last cache key made for each directive and format, with the identity it was made from: a
+ * directive asked again for unchanged bytes reuses its key, and with it the hash V8 keeps in the
+ * string. Directives come from a memo of the instruction header, so the same avatar is the same object.
  */
-const lastKeys = new WeakMap<ScaleDirective, { identity: string; key: string }>();
-function keyFor(directive: ScaleDirective, identity: string): string {
-  const last = lastKeys.get(directive);
+type KeySlot = ModernFormat | 'source';
+const lastKeys = new WeakMap<ScaleDirective, Partial<Record<KeySlot, { identity: string; key: string }>>>();
+function keyFor(directive: ScaleDirective, format: ModernFormat | undefined, identity: string): string {
+  const slot: KeySlot = format ?? 'source';
+  let keys = lastKeys.get(directive);
+  const last = keys?.[slot];
   if (last !== undefined && last.identity === identity) return last.key;
-  const key = cacheKey(identity, directive.width, RENDER_SETTINGS);
-  lastKeys.set(directive, { identity, key });
+  const key = cacheKey(identity, directive.width, slot, RENDER_SETTINGS);
+  if (keys === undefined) {
+    keys = {};
+    lastKeys.set(directive, keys);
+  }
+  keys[slot] = { identity, key };
   return key;
 }
 
@@ -126,7 +136,7 @@ function keyFor(directive: ScaleDirective, identity: string): string {
  * the original is served instead.
  */
 export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
-  const gate = createGate({ concurrency: opts.maxScalerProcs, maxWaitMs: opts.maxScalerWaitMs, maxQueue: opts.maxScalerProcs * 4 });
+  const gate = createGate({ concurrency: opts.maxScalerProcs, maxWaitMs: opts.maxScalerWaitMs, maxQueue: opts.maxScalerQueue });
   const cache = new ScaledCache(opts.cacheMaxBytes);
   // Scaling jobs in progress by cache key: identical concurrent requests wait for the one job.
   const inflight = new Map<string, Promise<CachedImage | undefined>>();
@@ -139,7 +149,7 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
       image.discard();
       return { outcome: 'not-modified', lastModified: modified };
     }
-    const key = image.identity === undefined ? undefined : keyFor(directive, image.identity);
+    const key = image.identity === undefined ? undefined : keyFor(directive, req.format, image.identity);
     let settle: ((image: CachedImage | undefined) => void) | undefined;
     if (key !== undefined) {
       const hit = cache.get(key);
@@ -202,7 +212,7 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
       body,
       size,
       // From the magic bytes; null: they matched nothing; undefined: the original was not read.
-      contentType: format === undefined ? undefined : format === null ? 'application/octet-stream' : CONTENT_TYPES[format],
+      contentType: format === undefined ? undefined : format === null ? 'application/octet-stream' : OUTPUT_TYPES[format],
       // Busy is a moment's state: without a validator a browser cannot revalidate this original into
       // a 304 and keep it in place of the scaled image; it asks again next time.
       lastModified: reason === 'busy' ? undefined : modified,
@@ -223,6 +233,7 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
     if (checked === 'too-small') return original(checked, prefix.bytes(), prefix.total, null);
     if (checked !== 'png' && checked !== 'jpeg') return original(checked, prefix.stream(), image.size, sniffed);
     const format = checked;
+    const output = req.format ?? format;
 
     let input: Buffer | undefined;
     const result = await gate
@@ -232,7 +243,7 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
         const found = await inspect(input, directive.width, opts.limitInputPixels);
         if (found.kind !== 'ok') return found.kind;
         try {
-          return await render(input, format, directive.width, opts.limitInputPixels);
+          return await render(input, output, directive.width, opts.limitInputPixels, found.rotated);
         } catch (error) {
           // Corrupt data behind valid magic bytes, a truncated file: nothing was sent yet.
           return { error };
@@ -253,7 +264,7 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
     return {
       outcome: 'scaled',
       body: value.body,
-      contentType: CONTENT_TYPES[format],
+      contentType: OUTPUT_TYPES[output],
       width: value.width,
       originalBytes: input.length,
       lastModified: modified,

@@ -1,4 +1,19 @@
+/** The formats Outrider scales from: PNG and JPEG, as Workhorse. */
 export type ImageFormat = 'png' | 'jpeg';
+
+/** The formats it may convert to besides the source's own, when the client accepts them. */
+export type ModernFormat = 'avif' | 'webp';
+
+/** A scaled image's format: the source's own or a modern one. */
+export type OutputFormat = ImageFormat | ModernFormat;
+
+export const OUTPUT_TYPES = {
+  png: 'image/png',
+  jpeg: 'image/jpeg',
+  webp: 'image/webp',
+  avif: 'image/avif',
+} as const satisfies Record<OutputFormat, string>;
+export type OutputType = (typeof OUTPUT_TYPES)[OutputFormat];
 
 const PNG_MAGIC = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
 

@@ -1,5 +1,5 @@
 import type { FastifyBaseLogger } from 'fastify';
-import type { Scaler } from '../../scaler/index.js';
+import type { ModernFormat, Scaler } from '../../scaler/index.js';
 import type { Metrics } from '../observe/metrics/catalogue.js';
 import type { Outbound } from '../outbound/client.js';
 import { blockInternalApi } from './internal-api.js';
@@ -13,13 +13,15 @@ export function createInterceptors(deps: {
   outbound: Outbound;
   scaler: Scaler;
   maxWidth: number;
+  /** `[image_resizer] formats`: what a scaled image may be converted to by Accept. */
+  formats?: readonly ModernFormat[];
   log?: FastifyBaseLogger;
   metrics?: Metrics | undefined;
 }): Interceptor[] {
   return [
     blockInternalApi,
     sendfile,
-    createScaledImg(deps.scaler, { maxWidth: deps.maxWidth, log: deps.log, metrics: deps.metrics }),
+    createScaledImg(deps.scaler, { maxWidth: deps.maxWidth, formats: deps.formats ?? [], log: deps.log, metrics: deps.metrics }),
     createSendUrl(deps.outbound),
   ];
 }

@@ -1,12 +1,13 @@
 import { Readable } from 'node:stream';
 import type { FastifyBaseLogger } from 'fastify';
 import { decodeSendData, SCALED_IMG_PREFIX } from '../../protocol/send-data.js';
-import { parseDirective, type ScaleDirective, type ScaleOutcomeName, type Scaler } from '../../scaler/index.js';
+import { type ModernFormat, parseDirective, type ScaleDirective, type ScaleOutcomeName, type Scaler } from '../../scaler/index.js';
 import { EdgeSourceUnavailable } from '../errors.js';
 import { sendBody } from '../forward/body.js';
 import { rawHeader } from '../forward/headers.js';
 import { createDirectLine, type DirectLine, jsonString, msSince } from '../observe/log/direct-line.js';
 import type { Metrics } from '../observe/metrics/catalogue.js';
+import { createFormatChooser, varyWithAccept } from './accept.js';
 import type { InterceptContext, Interceptor } from './types.js';
 
 const SAFE_TYPES = new Set(['image/png', 'image/jpeg']);
@@ -20,12 +21,19 @@ const REPLACED = new Set(['content-length', 'content-type', 'last-modified', 'et
  * when the scaler decides so (outcome `served-original`, logged at warn). The backend's other
  * headers (Cache-Control, Content-Disposition…) are kept; Content-Type and Content-Length match
  * what is sent. One log line per outcome.
+ *
+ * With `formats` set and no `KeepFormat` in the directive, the scaled image's format is chosen
+ * from the request's Accept (`accept.ts`), and every answer, 304 and original included, carries
+ * `Vary: Accept`: a cache that stored one answer without it would serve WebP to a client that
+ * never asked for it, or pin PNG for everyone.
  */
 export function createScaledImg(
   scaler: Scaler,
-  opts: { maxWidth: number; log?: FastifyBaseLogger | undefined; metrics?: Metrics | undefined },
+  opts: { maxWidth: number; formats?: readonly ModernFormat[]; log?: FastifyBaseLogger | undefined; metrics?: Metrics | undefined },
 ): Interceptor {
   const metrics = opts.metrics;
+  const negotiates = (opts.formats ?? []).length > 0;
+  const chooseFormat = createFormatChooser(opts.formats ?? []);
   const directives = new Memo(512, (value: string) => parseDirective(decodeSendData(value, SCALED_IMG_PREFIX), opts));
   const outcomeLine = opts.log === undefined ? undefined : createDirectLine(opts.log, 'scaler', OUTCOME_FIELDS);
   return {
@@ -45,23 +53,31 @@ export function createScaledImg(
         ctx.fail(err);
         return;
       }
+      const negotiated = negotiates && !directive.keepFormat;
+      // Chosen from the request's headers alone, before the original is opened.
+      const format = negotiated ? chooseFormat(rawHeader(req, 'accept'), directive.contentType) : undefined;
       try {
         // The call's signal is made only if scaling or a fetch asks for it: never for a hit or a 304.
-        const outcome = await scaler.scale({ directive, ifModifiedSince: rawHeader(req, 'if-modified-since'), client: ctx });
+        const outcome = await scaler.scale({ directive, format, ifModifiedSince: rawHeader(req, 'if-modified-since'), client: ctx });
         if (ctx.clientGone) {
           if (outcome.outcome === 'served-original' && outcome.body instanceof Readable) outcome.body.destroy();
           return;
         }
         const headers: string[] = [];
+        let vary: string | undefined;
         for (let i = 0; i < head.headers.length; i += 2) {
-          if (!REPLACED.has((head.headers[i] as string).toLowerCase()))
-            headers.push(head.headers[i] as string, head.headers[i + 1] as string);
+          const name = (head.headers[i] as string).toLowerCase();
+          if (REPLACED.has(name)) continue;
+          if (negotiated && name === 'vary')
+            vary = vary === undefined ? (head.headers[i + 1] as string) : `${vary}, ${head.headers[i + 1]}`;
+          else headers.push(head.headers[i] as string, head.headers[i + 1] as string);
         }
+        if (negotiated) headers.push('Vary', varyWithAccept(vary));
         if (outcome.lastModified !== undefined) headers.push('Last-Modified', outcome.lastModified);
         headers.push('X-Accel-Buffering', 'no');
         if (outcome.outcome === 'not-modified') {
           res.writeHead(304, headers).end();
-          logOutcome(ctx, outcomeLine, directive, outcome.outcome, msSince(started, 100));
+          logOutcome(ctx, outcomeLine, directive, format, outcome.outcome, msSince(started, 100));
           metrics?.imageResize(outcome.outcome);
           metrics?.imageResizeDuration(directive.contentType, directive.width, (performance.now() - started) / 1000);
           return;
@@ -70,7 +86,7 @@ export function createScaledImg(
           headers.push('Content-Type', outcome.contentType, 'Content-Length', String(outcome.body.length));
           res.writeHead(200, headers).end(outcome.body);
           // 'scaled' ran a sharp job; 'cache-hit' and 'coalesced' (shared a concurrent job) did not.
-          logOutcome(ctx, outcomeLine, directive, outcome.outcome, msSince(started, 100), {
+          logOutcome(ctx, outcomeLine, directive, format, outcome.outcome, msSince(started, 100), {
             bytesWritten: outcome.body.length,
             originalBytes: outcome.originalBytes,
           });
@@ -85,7 +101,7 @@ export function createScaledImg(
         if (outcome.size !== undefined) headers.push('Content-Length', String(outcome.size));
         ctx.log.warn(
           {
-            ...outcomeFields(directive),
+            ...outcomeFields(directive, format),
             outcome: outcome.outcome,
             reason: outcome.reason,
             originalBytes: outcome.size,
@@ -121,11 +137,17 @@ export function createScaledImg(
 /** The outcome of an instruction that could not be followed: an error answer. */
 const FAILED: ScaleOutcomeName = 'failed';
 
-const OUTCOME_FIELDS = ['subsystem', 'width', 'contentType', 'outcome', 'durationMs', 'bytesWritten', 'originalBytes'];
+const OUTCOME_FIELDS = ['subsystem', 'width', 'contentType', 'format', 'outcome', 'durationMs', 'bytesWritten', 'originalBytes'];
 
-/** The fields every scaler outcome line starts with (the direct line below writes the same). */
-function outcomeFields(directive: ScaleDirective): { subsystem: 'scaler'; width: number; contentType: string } {
-  return { subsystem: 'scaler', width: directive.width, contentType: directive.contentType };
+/**
+ * The fields every scaler outcome line starts with (the direct line below writes the same):
+ * `format` is the one chosen by Accept, `source` for the source's own.
+ */
+function outcomeFields(
+  directive: ScaleDirective,
+  format: ModernFormat | undefined,
+): { subsystem: 'scaler'; width: number; contentType: string; format: ModernFormat | 'source' } {
+  return { subsystem: 'scaler', width: directive.width, contentType: directive.contentType, format: format ?? 'source' };
 }
 
 /**
@@ -137,18 +159,19 @@ function logOutcome(
   ctx: InterceptContext,
   line: DirectLine | undefined,
   directive: ScaleDirective,
+  format: ModernFormat | undefined,
   outcome: Exclude<ScaleOutcomeName, 'served-original' | 'failed'>,
   durationMs: number,
   sizes?: { bytesWritten: number; originalBytes: number },
 ): void {
   if (line === undefined) {
-    ctx.log.info({ ...outcomeFields(directive), outcome, durationMs, ...sizes }, 'scaler');
+    ctx.log.info({ ...outcomeFields(directive, format), outcome, durationMs, ...sizes }, 'scaler');
     return;
   }
   if (!line.enabled()) return;
   line.write(
     ctx.requestId,
-    `,"subsystem":"scaler","width":${directive.width},"contentType":${jsonString(directive.contentType)},"outcome":"${outcome}","durationMs":${durationMs}${sizes === undefined ? '' : `,"bytesWritten":${sizes.bytesWritten},"originalBytes":${sizes.originalBytes}`}`,
+    `,"subsystem":"scaler","width":${directive.width},"contentType":${jsonString(directive.contentType)},"format":"${format ?? 'source'}","outcome":"${outcome}","durationMs":${durationMs}${sizes === undefined ? '' : `,"bytesWritten":${sizes.bytesWritten},"originalBytes":${sizes.originalBytes}`}`,
   );
 }
 

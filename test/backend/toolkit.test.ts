@@ -301,6 +301,14 @@ describe('sendScaledImage, sendFile, sendUrl', () => {
       allowlocalhost: false,
       alloweduris: ['https://registry.test'],
     });
+    // keepFormat is Outrider's own key, written only when set, so the header stays Workhorse's otherwise.
+    const keep = (keepFormat?: boolean) =>
+      Object.fromEntries(
+        decodeSendData(sendScaledImage({ location: '/a.png', width: 8, contentType: 'image/png', keepFormat }).value, 'send-scaled-img:'),
+      );
+    expect(keep(true)).toEqual({ location: '/a.png', width: 8, contenttype: 'image/png', keepformat: true });
+    expect(keep(false)).toEqual({ location: '/a.png', width: 8, contenttype: 'image/png' });
+    expect(keep()).toEqual({ location: '/a.png', width: 8, contenttype: 'image/png' });
     expect(DETECT_CONTENT_TYPE).toEqual({ name: 'Gitlab-Workhorse-Detect-Content-Type', value: 'true' });
     expect(Object.fromEntries(decodeSendData(sendUrl('http://x/').value, 'send-url:'))).toMatchObject({ allowredirects: false });
     expect(sendFile('/srv/files/report.pdf')).toEqual({ name: 'X-Sendfile', value: '/srv/files/report.pdf' });
@@ -315,6 +323,9 @@ describe('sendScaledImage, sendFile, sendUrl', () => {
       expect(() => sendScaledImage({ location: '/a.png', width, contentType: 'image/png' })).toThrow(RangeError);
     }
     expect(() => sendScaledImage({ location: '/a.png', width: 8, contentType: '' })).toThrow('contentType must be set');
+    expect(() => sendScaledImage({ location: '/a.png', width: 8, contentType: 'image/png', keepFormat: 'yes' as never })).toThrow(
+      'keepFormat must be true or false',
+    );
     expect(() => sendFile('files/report.pdf')).toThrow('must be absolute');
     expect(() => sendUrl('ftp://x/')).toThrow('must be http(s)');
     expect(() => sendUrl('http://x/', { method: 'GE T' })).toThrow('must be an HTTP method');

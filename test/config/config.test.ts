@@ -38,7 +38,9 @@ describe('configuration', () => {
       imageResizer: {
         maxScalerProcs: DEFAULT_MAX_SCALER_PROCS,
         maxFilesize: 250_000,
-        maxScalerWaitMs: 0,
+        maxScalerWaitMs: 1000,
+        maxScalerQueue: DEFAULT_MAX_SCALER_PROCS * 8,
+        formats: ['avif', 'webp'],
         maxWidth: 4096,
         limitInputPixels: 25_000_000,
         cacheMaxBytes: 64 * 1024 * 1024,
@@ -61,9 +63,9 @@ describe('configuration', () => {
     const text = readFileSync(new URL('../../config.example.toml', import.meta.url), 'utf8');
     const example = loadConfig(text, { source: 'config.example.toml' });
     // max_scaler_procs depends on the machine; everything else is exactly the default.
-    expect({ ...example, imageResizer: { ...example.imageResizer, maxScalerProcs: 0 } }).toEqual({
+    expect({ ...example, imageResizer: { ...example.imageResizer, maxScalerProcs: 0, maxScalerQueue: 0 } }).toEqual({
       ...loadConfig(''),
-      imageResizer: { ...loadConfig('').imageResizer, maxScalerProcs: 0 },
+      imageResizer: { ...loadConfig('').imageResizer, maxScalerProcs: 0, maxScalerQueue: 0 },
     });
     for (const key of [
       'listen_addr',
@@ -83,6 +85,8 @@ describe('configuration', () => {
       'max_scaler_procs',
       'max_filesize',
       'max_scaler_wait',
+      'max_scaler_queue',
+      'formats',
       'max_width',
       'limit_input_pixels',
       'cache_max_bytes',
@@ -135,19 +139,21 @@ max_filesize = 0
   });
 
   it('refuses unknown keys, naming the key and where it is', () => {
-    expect(errorOf('listen_adr = "x:1"')).toBe('outrider.toml: invalid config\n  - listen_adr: unknown key at the top level');
+    expect(errorOf('listen_adr = "x:1"')).toBe(
+      'outrider.toml: invalid config\n  - listen_adr: unknown key at the top level; did you mean listen_addr?',
+    );
     expect(errorOf('[image_resizer]\nmax_filesise = 1')).toBe(
-      'outrider.toml: invalid config\n  - image_resizer.max_filesise: unknown key in [image_resizer]',
+      'outrider.toml: invalid config\n  - image_resizer.max_filesise: unknown key in [image_resizer]; did you mean max_filesize?',
     );
     expect(errorOf('[uploads]\ntmp_dir = "/tmp"')).toContain('uploads.tmp_dir: unknown key in [uploads]');
     expect(errorOf('[[uploads.routes]]\nmethod = "POST"\npath = "^/u"\npre_authorize = true')).toContain(
-      'uploads.routes.0.pre_authorize: unknown key in [uploads.routes.0]',
+      'uploads.routes.0.pre_authorize: unknown key in [uploads.routes]',
     );
     expect(errorOf('[imageresizer]\nmax_filesize = 1')).toContain('imageresizer: unknown key at the top level');
   });
 
   it('refuses wrong types and impossible values, saying what was expected', () => {
-    expect(errorOf('listen_addr = 8181')).toContain('listen_addr: Invalid input: expected string, received number');
+    expect(errorOf('listen_addr = 8181')).toContain('listen_addr: expected a string such as "127.0.0.1:8181"');
     expect(errorOf('listen_addr = "localhost"')).toContain(
       'listen_addr: expected "host:port" (port 0-65535) or "unix:/absolute/path", got "localhost"',
     );
@@ -163,19 +169,22 @@ max_filesize = 0
     expect(errorOf('shutdown_timeout = "30d"')).toContain('shutdown_timeout: expected the shutdown grace period as a duration');
     expect(errorOf('shutdown_timeout = "1000h"')).toContain('shutdown_timeout: expected the shutdown grace period of at most "24h"');
     expect(errorOf('proxy_headers_timeout = "25h"')).toContain('of at most "24h"');
-    expect(errorOf('shutdown_timeout = 60')).toContain('shutdown_timeout: Invalid input: expected string, received number');
+    expect(errorOf('shutdown_timeout = 60')).toContain('shutdown_timeout: expected a duration string such as "30s"');
     expect(errorOf('propagate_correlation_id = "yes"')).toContain('propagate_correlation_id: expected true or false');
     expect(errorOf('log_level = "loud"')).toContain('log_level: expected one of');
     expect(errorOf('[image_resizer]\nmax_scaler_procs = 0')).toContain(
       'image_resizer.max_scaler_procs: expected a number of concurrent scaling jobs of at least 1',
     );
-    expect(errorOf('[image_resizer]\nmax_scaler_procs = 2.5')).toContain('as a whole number');
+    expect(errorOf('[image_resizer]\nmax_scaler_procs = 2.5')).toContain('expected a whole number such as 4, got the number 2.5');
     expect(errorOf('[image_resizer]\nmax_filesize = -1')).toContain('image_resizer.max_filesize: expected a size in bytes of at least 0');
-    for (const mode of ['"0644x"', '"0400"', '"0755"', '"0666"', '640']) {
+    for (const mode of ['"0644x"', '"0400"', '"0755"', '"0666"']) {
       expect(errorOf(`[uploads]\nfile_mode = ${mode}`), mode).toContain(
         'uploads.file_mode: expected an octal file mode like "0600" or "0640"',
       );
     }
+    expect(errorOf('[uploads]\nfile_mode = 640')).toContain(
+      'uploads.file_mode: expected a string such as "0600" or "0640" (octal, in quotes), got the number 640 — put it in quotes',
+    );
     expect(loadConfig('[uploads]\nfile_mode = "0640"').uploads.fileMode).toBe(0o640);
     expect(errorOf('[outbound]\nallowed_hosts = ["http://x"]')).toContain(
       'outbound.allowed_hosts.0: expected "*" (any public host), a host name, "*.example.com", an IP address or a CIDR range like "10.0.0.0/8", got "http://x"',
@@ -183,7 +192,7 @@ max_filesize = 0
     expect(errorOf('[outbound]\nallowed_hosts = ["10.0.0.0/33"]')).toContain('outbound.allowed_hosts.0: expected "*"');
     expect(errorOf('[outbound]\nmax_response_bytes = 0')).toContain('outbound.max_response_bytes: expected a size in bytes of at least 1');
     expect(errorOf('[outbound]\nmax_redirects = 50')).toContain('outbound.max_redirects: expected at most 20 redirects');
-    expect(errorOf('image_resizer = 3')).toContain('image_resizer: Invalid input: expected object, received number');
+    expect(errorOf('image_resizer = 3')).toContain('image_resizer: expected a table, got the number 3');
   });
 
   it("reads [object_storage] with Workhorse's key names: static keys, or none for the default credential chain", () => {
@@ -203,7 +212,7 @@ max_filesize = 0
     expect(errorOf('[object_storage]\nprovider = "AzureRM"')).toContain(
       'object_storage.provider: expected "AWS" (the one provider Outrider has a client for), got "AzureRM"',
     );
-    expect(errorOf('[object_storage.s3]\naws_access_key_id = "AKID"')).toContain('object_storage.provider: expected "AWS"');
+    expect(errorOf('[object_storage.s3]\naws_access_key_id = "AKID"')).toContain('object_storage.provider: missing; expected "AWS"');
     expect(errorOf('[object_storage]\nprovider = "AWS"\n[object_storage.s3]\naws_access_key_id = "AKID"')).toContain(
       'object_storage.s3: expected aws_access_key_id and aws_secret_access_key together, or neither (the default credential chain)',
     );

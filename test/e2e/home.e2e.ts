@@ -130,7 +130,7 @@ describe('the example app in Chromium', () => {
       const page = context.pages()[0] ?? (await context.newPage());
       // Each response with whether its request carried If-Modified-Since, as Chromium sent it
       // (allHeaders has the headers its HTTP cache added). Settled before they are read.
-      const responses: { path: string; status: number; conditional: Promise<boolean | null> }[] = [];
+      const responses: { path: string; status: number; type?: string; vary?: string; conditional: Promise<boolean | null> }[] = [];
       page.on('response', (res) => {
         const url = new URL(res.url());
         const conditional = res
@@ -139,7 +139,14 @@ describe('the example app in Chromium', () => {
           .then((h) => 'if-modified-since' in h)
           .catch(() => null); // a page already gone: read only if it is an avatar's, and then fails
 
-        responses.push({ path: url.pathname + url.search, status: res.status(), conditional });
+        const headers = res.headers();
+        responses.push({
+          path: url.pathname + url.search,
+          status: res.status(),
+          type: headers['content-type'],
+          vary: headers.vary,
+          conditional,
+        });
       });
 
       await page.goto(`${base}/`);
@@ -172,6 +179,14 @@ describe('the example app in Chromium', () => {
       const outcomes = new Set(logs.filter((l) => l.subsystem === 'scaler').map((l) => l.outcome));
       expect([...outcomes].filter((o) => !['scaled', 'cache-hit', 'coalesced', 'not-modified'].includes(String(o)))).toEqual([]);
       expect(outcomes.has('scaled')).toBe(true);
+      // The first loads of the page (before and after the upload) got no original, with the
+      // default queue (max_scaler_wait, max_scaler_queue), though they asked for 21 and 28 at once.
+      expect(logs.filter((l) => l.subsystem === 'scaler' && l.outcome === 'served-original')).toEqual([]);
+      // Chromium accepts AVIF: every scaled avatar came as AVIF, with Vary: Accept.
+      const scaledAnswers = responses.filter((r) => /^\/avatars\/.*\?width=/.test(r.path) && r.status === 200);
+      expect(scaledAnswers.length).toBeGreaterThan(0);
+      expect(scaledAnswers.filter((r) => r.type !== 'image/avif' || r.vary !== 'Accept')).toEqual([]);
+      expect(logs.filter((l) => l.subsystem === 'scaler' && l.format !== 'avif')).toEqual([]);
 
       // Reload: the avatars are stale at once (max-age=0, must-revalidate), so each one the browser
       // holds (it had a response for it) is asked again with If-Modified-Since, and Outrider

@@ -14,6 +14,7 @@ describe('the send-scaled-img directive', () => {
       location: { kind: 'file', path: '/srv/avatars/1.png' },
       width: 64,
       contentType: 'image/png',
+      keepFormat: false,
     });
     expect(
       parseDirective(fields({ location: 'https://objects.example/a.jpg?X-Sig=1', width: 4096, contenttype: 'image/jpeg' }), {

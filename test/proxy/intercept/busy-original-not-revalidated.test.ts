@@ -21,7 +21,9 @@ describe('an original served because every scaling slot was busy', () => {
       const { name, value } = sendScaledImage({ location: big, width, contentType: 'image/jpeg' });
       res.writeHead(200, { [name]: value, 'cache-control': 'max-age=0, private, must-revalidate' }).end();
     });
-    const proxy = await startProxy(backend.url, { toml: '[image_resizer]\nmax_scaler_procs = 1\nmax_filesize = 20000000\n' });
+    const proxy = await startProxy(backend.url, {
+      toml: '[image_resizer]\nmax_scaler_procs = 1\nmax_scaler_wait = "0s"\nmax_filesize = 20000000\n',
+    });
     // Distinct widths: no two requests share one scaling job.
     const answers = await Promise.all(
       Array.from({ length: 6 }, async (_, i) => {

@@ -293,7 +293,9 @@ describe('send-scaled-img', () => {
     const file = place('busy.png', big);
     // Eight different widths: eight different jobs (identical requests would share one).
     const backend = await avatarBackend((url) => ({ Location: file, Width: Number(url.searchParams.get('w')), ContentType: 'image/png' }));
-    const proxy = await startProxy(backend.url, { toml: '[image_resizer]\nmax_scaler_procs = 1\nmax_filesize = 50000000' });
+    const proxy = await startProxy(backend.url, {
+      toml: '[image_resizer]\nmax_scaler_procs = 1\nmax_scaler_wait = "0s"\nmax_filesize = 50000000',
+    });
     const results = await Promise.all(
       Array.from({ length: 8 }, async (_, i) => {
         const res = await request(`${proxy.url}/busy?w=${64 + i}`);
@@ -310,7 +312,10 @@ describe('send-scaled-img', () => {
     const file = place('abandoned.png', big);
     const backend = await avatarBackend(() => ({ Location: file, Width: 64, ContentType: 'image/png' }));
     const logs: Record<string, unknown>[] = [];
-    const proxy = await startProxy(backend.url, { toml: '[image_resizer]\nmax_scaler_procs = 1\nmax_filesize = 50000000', logs });
+    const proxy = await startProxy(backend.url, {
+      toml: '[image_resizer]\nmax_scaler_procs = 1\nmax_scaler_wait = "0s"\nmax_filesize = 50000000',
+      logs,
+    });
     for (let i = 0; i < 3; i++) {
       // The client sends its request and hangs up before the answer can exist.
       const socket = connect(proxy.port, '127.0.0.1');
