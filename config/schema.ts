@@ -60,6 +60,29 @@ const workerCount = z
 
 export const DEFAULT_MAX_SCALER_PROCS = Math.max(2, Math.floor(availableParallelism() / 2));
 
+/**
+ * `[image_resizer.shared_cache]`: scaled images shared by every Outrider through Redis or Valkey,
+ * with one scaling job per image across them (README, "Running on several machines").
+ */
+const sharedCache = z.strictObject({
+  url: z
+    .string({ error: 'expected a Redis URL like "redis://127.0.0.1:6379/0", "rediss://…" or "unix:/run/redis/redis.sock"' })
+    .refine((u) => /^rediss?:\/\/[^\s]+$/i.test(u) || /^unix:\/\S+$/.test(u), {
+      error: (issue) =>
+        `expected a Redis URL like "redis://127.0.0.1:6379/0", "rediss://…" or "unix:/run/redis/redis.sock", got ${JSON.stringify(issue.input)}`,
+    }),
+  key_prefix: z.string({ error: 'expected a key prefix like "outrider:img:"' }).default('outrider:img:'),
+  // Redis keeps it, not a Node timer: longer than the 24 h timers allow.
+  ttl: duration('how long Redis keeps a scaled image')
+    .refine((ms) => ms >= 1000 && ms <= 366 * 86_400_000, { message: 'expected a time to live from "1s" to "8784h" (366 days)' })
+    .default(7 * 86_400_000),
+  timeout: positiveDuration('the longest a Redis call may take').default(50),
+  lease: positiveDuration('how long a scaling lease is held at most').default(10_000),
+  lease_wait: duration('how long a request waits for another node to scale an image').default(2000),
+  failure_threshold: wholeNumber('a number of failures in a row', 1).max(1000, { error: 'expected at most 1000' }).default(3),
+  retry_after: positiveDuration('how long Redis is left alone after failing').default(5000),
+});
+
 const imageResizer = z.strictObject({
   max_scaler_procs: wholeNumber('a number of concurrent scaling jobs', 1)
     .max(1024, { error: 'expected at most 1024 concurrent scaling jobs' })
@@ -76,6 +99,7 @@ const imageResizer = z.strictObject({
     .array(z.enum(['avif', 'webp'], { error: 'expected "avif" or "webp"' }), { error: 'expected a list of formats like ["avif", "webp"]' })
     .refine((list) => new Set(list).size === list.length, { error: 'expected each format once' })
     .default(['avif', 'webp']),
+  shared_cache: sharedCache.optional(),
   max_width: wholeNumber('a width in pixels', 1).max(16384, { error: 'expected at most 16384 pixels' }).default(4096),
   limit_input_pixels: wholeNumber('a number of pixels', 1).default(25_000_000),
   cache_max_bytes: wholeNumber('a size in bytes', 0)
@@ -311,6 +335,19 @@ export const configSchema = fileSchema.superRefine(checkListeners).transform((f)
     // Eight waiting requests per slot: a browser's six connections per page, and some to spare.
     maxScalerQueue: f.image_resizer.max_scaler_queue ?? f.image_resizer.max_scaler_procs * 8,
     formats: f.image_resizer.formats,
+    sharedCache:
+      f.image_resizer.shared_cache === undefined
+        ? undefined
+        : {
+            url: f.image_resizer.shared_cache.url,
+            keyPrefix: f.image_resizer.shared_cache.key_prefix,
+            ttlMs: f.image_resizer.shared_cache.ttl,
+            timeoutMs: f.image_resizer.shared_cache.timeout,
+            leaseMs: f.image_resizer.shared_cache.lease,
+            leaseWaitMs: f.image_resizer.shared_cache.lease_wait,
+            failureThreshold: f.image_resizer.shared_cache.failure_threshold,
+            retryAfterMs: f.image_resizer.shared_cache.retry_after,
+          },
     maxWidth: f.image_resizer.max_width,
     limitInputPixels: f.image_resizer.limit_input_pixels,
     cacheMaxBytes: f.image_resizer.cache_max_bytes,

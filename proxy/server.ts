@@ -2,7 +2,13 @@ import { createServer, type IncomingMessage, type RequestListener, type ServerRe
 import type { Socket } from 'node:net';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
 import type { Config } from '../config/schema.js';
-import { createScaler } from '../scaler/index.js';
+
+// What a program embedding Outrider needs besides buildServer: its config, read as the CLI reads it.
+export { ConfigError } from '../config/errors.js';
+export { loadConfig, loadConfigFile } from '../config/load.js';
+export type { Config } from '../config/schema.js';
+
+import { createScaler, createSharedCache, type SharedCacheEvents } from '../scaler/index.js';
 import { onClientError } from './connection/client-errors.js';
 import { createStallWatch } from './connection/stall-watch.js';
 import { setErrorHandler } from './errors.js';
@@ -12,7 +18,7 @@ import { createImageSource } from './intercept/image-source.js';
 import { createInterceptors } from './intercept/index.js';
 import type { Interceptor } from './intercept/types.js';
 import { createLogger } from './observe/log/logger.js';
-import { createMetrics } from './observe/metrics/catalogue.js';
+import { createMetrics, type Metrics } from './observe/metrics/catalogue.js';
 import { answerMetricsRequests } from './observe/metrics/cluster.js';
 import { createMetricsServer, type MetricsServer } from './observe/metrics/server.js';
 import { createOutbound } from './outbound/client.js';
@@ -94,7 +100,6 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
   const upstream = createUpstream(config);
   const outbound = createOutbound(config);
   const objectStorage = config.objectStorage === undefined ? undefined : createObjectStorage(config.objectStorage);
-  const scaler = createScaler(config.imageResizer, createImageSource(outbound));
   // Nothing is measured, and nothing costs, unless Prometheus has somewhere to scrape.
   const metrics =
     config.prometheusListenAddr === undefined
@@ -103,7 +108,13 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
           namespace: config.metricsNamespace,
           maxScalerProcs: config.imageResizer.maxScalerProcs,
           scalerRunning: () => scaler.gate.running,
+          sharedCache: config.imageResizer.sharedCache !== undefined,
         });
+  const sharedCache =
+    config.imageResizer.sharedCache === undefined
+      ? undefined
+      : createSharedCache(config.imageResizer.sharedCache, sharedCacheEvents(app.log, metrics));
+  const scaler = createScaler(config.imageResizer, createImageSource(outbound), sharedCache);
   const documentRoot = config.documentRoot === undefined ? undefined : checkDocumentRoot(config.documentRoot);
   const errorPages = documentRoot === undefined ? undefined : createErrorPages(documentRoot, app.log);
   let closing = false;
@@ -119,7 +130,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
   });
   app.addHook('onClose', async () => {
     stallWatch.close();
-    await Promise.all([upstream.close(), outbound.close()]);
+    await Promise.all([upstream.close(), outbound.close(), sharedCache?.close()]);
     objectStorage?.close();
   });
   setErrorHandler(app);
@@ -198,4 +209,23 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     done();
   });
   return app;
+}
+
+/**
+ * The shared tier's reports: counted when metrics are on, and logged, one line per change of
+ * state (available again, or not: Redis down, slow, failing) and per distinct error.
+ */
+function sharedCacheEvents(log: FastifyBaseLogger, metrics: Metrics | undefined): SharedCacheEvents {
+  return {
+    lookup: (result) => metrics?.sharedCacheLookup(result),
+    leaseWait: (result) => metrics?.sharedCacheLeaseWait(result),
+    bytes: (direction, bytes) => metrics?.sharedCacheBytes(direction, bytes),
+    state(available, reason) {
+      metrics?.sharedCacheAvailable(available);
+      if (available) log.info({ subsystem: 'shared-cache', available, reason }, 'shared cache available');
+      // Until it is back, images are scaled and cached by this process alone.
+      else log.warn({ subsystem: 'shared-cache', available, reason }, 'shared cache unavailable');
+    },
+    error: (err) => log.warn({ subsystem: 'shared-cache', err }, 'shared cache call failed'),
+  };
 }

@@ -8,12 +8,14 @@ import { type ImageFormat, MAGIC_LENGTH, type ModernFormat, OUTPUT_TYPES, type O
 import type { ScaleOutcomeName } from './outcomes.js';
 import { Prefix } from './prefix.js';
 import { inspect, RENDER_SETTINGS, render } from './scale.js';
+import type { SharedCache } from './shared-cache.js';
 
 export type { ImageLocation, ScaleDirective } from './directive.js';
 export { parseDirective } from './directive.js';
 export { ScaleError, type ScaleErrorCode } from './errors.js';
 export type { ModernFormat, OutputFormat, OutputType } from './limits.js';
 export { IMAGE_RESIZE_STATUS, type ImageResizeStatus, SCALE_OUTCOMES, type ScaleOutcomeName } from './outcomes.js';
+export { createSharedCache, type SharedCache, type SharedCacheEvents, type SharedCacheOptions } from './shared-cache.js';
 
 /** An opened original image: what is known before reading it, and its bytes once. */
 export interface OpenedImage {
@@ -80,7 +82,7 @@ export type ScaleOutcome =
   | { outcome: 'not-modified'; lastModified: string | undefined }
   | {
       /** Scaled for this request, taken from the cache, or shared with a concurrent identical request. */
-      outcome: Extract<ScaleOutcomeName, 'scaled' | 'cache-hit' | 'coalesced'>;
+      outcome: Extract<ScaleOutcomeName, 'scaled' | 'cache-hit' | 'shared-hit' | 'coalesced'>;
       body: Buffer;
       contentType: OutputType;
       width: number;
@@ -103,6 +105,8 @@ export interface Scaler {
   scale(req: ScaleRequest): Promise<ScaleOutcome>;
   readonly gate: Gate;
   readonly cache: ScaledCache;
+  /** The shared tier, when `[image_resizer.shared_cache]` is set. */
+  readonly shared: SharedCache | undefined;
 }
 
 /**
@@ -135,7 +139,7 @@ function keyFor(directive: ScaleDirective, format: ModernFormat | undefined, ide
  * served as they are stream from the source. A sharp failure happens before any byte is sent, so
  * the original is served instead.
  */
-export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
+export function createScaler(opts: ScalerOptions, source: ImageSource, shared?: SharedCache): Scaler {
   const gate = createGate({ concurrency: opts.maxScalerProcs, maxWaitMs: opts.maxScalerWaitMs, maxQueue: opts.maxScalerQueue });
   const cache = new ScaledCache(opts.cacheMaxBytes);
   // Scaling jobs in progress by cache key: identical concurrent requests wait for the one job.
@@ -177,7 +181,22 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
         inflight.set(key, new Promise((resolve) => (settle = resolve)));
       }
     }
+    // The shared tier (Redis), after the local cache: a result any node stored, else this
+    // request's lease to make it, else another node's result once it is there.
+    let lease: { fill(image: CachedImage): void; release(): void } | undefined;
     try {
+      if (shared !== undefined && key !== undefined && settle !== undefined) {
+        const found = await shared.lookup(key);
+        let stored = found.kind === 'hit' ? found.image : undefined;
+        if (found.kind === 'held') stored = await shared.wait(key, req.client.signal);
+        if (found.kind === 'lease') lease = found;
+        if (stored !== undefined) {
+          image.discard();
+          cache.set(key, stored);
+          settle(stored);
+          return { outcome: 'shared-hit', ...stored, lastModified: modified };
+        }
+      }
       const outcome = await scaleOpened(req, image, modified);
       if (outcome.outcome === 'scaled' && key !== undefined) {
         const scaled: CachedImage = {
@@ -188,9 +207,12 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
         };
         cache.set(key, scaled);
         settle?.(scaled);
+        lease?.fill(scaled);
       }
       return outcome;
     } finally {
+      // Scaled nothing (the original was served, the client left): the lease goes, so others stop waiting.
+      lease?.release();
       if (settle !== undefined && key !== undefined) {
         settle(undefined);
         inflight.delete(key);
@@ -274,6 +296,7 @@ export function createScaler(opts: ScalerOptions, source: ImageSource): Scaler {
   return {
     gate,
     cache,
+    shared,
     async scale(req) {
       try {
         return await scale(req);

@@ -5,11 +5,13 @@
  * - `scaled`: a sharp job scaled the original for this request.
  * - `coalesced`: shared the result of a concurrent identical request's job.
  * - `cache-hit`: a scaled image from the cache (no sharp job).
+ * - `shared-hit`: a scaled image from the shared tier (Redis), stored there by any node, or
+ *   scaled by another node while this request waited for it.
  * - `not-modified`: a 304, before any byte of the original was read.
  * - `served-original`: the original as it is (too large, not PNG/JPEG, busy…): Workhorse's soft failure.
  * - `failed`: an invalid instruction or an unreadable original (an error answer).
  */
-export const SCALE_OUTCOMES = ['scaled', 'coalesced', 'cache-hit', 'not-modified', 'served-original', 'failed'] as const;
+export const SCALE_OUTCOMES = ['scaled', 'coalesced', 'cache-hit', 'shared-hit', 'not-modified', 'served-original', 'failed'] as const;
 export type ScaleOutcomeName = (typeof SCALE_OUTCOMES)[number];
 
 /**
@@ -23,5 +25,6 @@ export const IMAGE_RESIZE_STATUS = {
   'served-original': 'served-original',
   failed: 'request-failed',
   'cache-hit': 'cache-hit',
+  'shared-hit': 'cache-hit',
 } as const satisfies Record<ScaleOutcomeName, string>;
 export type ImageResizeStatus = (typeof IMAGE_RESIZE_STATUS)[ScaleOutcomeName];
