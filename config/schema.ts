@@ -76,7 +76,8 @@ const sharedCache = z.strictObject({
   ttl: duration('how long Redis keeps a scaled image')
     .refine((ms) => ms >= 1000 && ms <= 366 * 86_400_000, { message: 'expected a time to live from "1s" to "8784h" (366 days)' })
     .default(7 * 86_400_000),
-  timeout: positiveDuration('the longest a Redis call may take').default(50),
+  // An event loop busy with a burst of requests delays a reply by tens of ms: 100 ms rides that out.
+  timeout: positiveDuration('the longest a Redis call may take').default(100),
   lease: positiveDuration('how long a scaling lease is held at most').default(10_000),
   lease_wait: duration('how long a request waits for another node to scale an image').default(2000),
   failure_threshold: wholeNumber('a number of failures in a row', 1).max(1000, { error: 'expected at most 1000' }).default(3),

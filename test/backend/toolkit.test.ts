@@ -26,7 +26,7 @@ import {
   verifyJwt,
   verifyUploadFields,
 } from '../../backend/index.js';
-import { ConfigError } from '../../config/errors.js';
+import { ConfigError, secretHint } from '../../config/errors.js';
 import { decodeSendData } from '../../protocol/send-data.js';
 import { loadSecret as outriderLoadSecret } from '../../proxy/runtime/start-files.js';
 import { parseAuthorization } from '../../proxy/upload/authorize.js';
@@ -643,8 +643,9 @@ describe('loadSecret', () => {
       })();
       expect(err).toBeInstanceOf(OutriderSecretError);
       expect([err?.code, err?.message]).toEqual([code, `${path}: ${message}`]);
+      // Outrider says the same, naming its key, and then how to make a good secret.
       expect(() => outriderLoadSecret(path)).toThrow(
-        new ConfigError(`${path}: ${message.replace('the secret', 'the secret (secret_path)')}`),
+        new ConfigError(`${path}: ${message.replace('the secret', 'the secret (secret_path)')} — ${secretHint(path)}`),
       );
     }
   });

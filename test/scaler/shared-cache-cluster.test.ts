@@ -13,14 +13,14 @@ import { HAVE_REDIS, startRedis } from '../helpers/redis.js';
 const dir = mkdtempSync(join(tmpdir(), 'outrider-shared-cluster-'));
 
 /** N real `outrider` processes in front of one backend that asks for `file` at ?w=, sharing one Redis. */
-async function cluster(n: number, file: string) {
+async function cluster(n: number, file: string, extra = '') {
   const redis = await startRedis();
   const backend = await startBackend((req, res) => {
     const width = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('w'));
     const { name, value } = sendScaledImage({ location: file, width, contentType: 'image/png' });
     res.writeHead(200, { [name]: value }).end();
   });
-  const toml = `listen_addr = "127.0.0.1:0"\nauth_backend = "${backend.url}"\n[image_resizer]\nmax_filesize = 20000000\n[image_resizer.shared_cache]\nurl = "${redis.url}"\n`;
+  const toml = `listen_addr = "127.0.0.1:0"\nauth_backend = "${backend.url}"\n[image_resizer]\nmax_filesize = 20000000\n[image_resizer.shared_cache]\nurl = "${redis.url}"\n${extra}`;
   const nodes = await Promise.all(Array.from({ length: n }, () => startCli(toml)));
   await Promise.all(nodes.map((node) => node.waitFor((l) => l.msg === 'shared cache available', 'the shared cache connected')));
   return { redis, nodes };
@@ -65,7 +65,8 @@ describe.skipIf(!HAVE_REDIS && process.env.CI !== 'true')('the shared cache acro
   it('scales a new avatar once for a stampede of 90 concurrent requests spread over three processes', async () => {
     const file = join(dir, 'stampede.png');
     writeFileSync(file, await photo(1600, 1600, 'png'));
-    const { nodes } = await cluster(3, file);
+    // Generous limits: a suite running on two busy cores must not turn a slow reply into a second job.
+    const { nodes } = await cluster(3, file, 'timeout = "2s"\nlease = "30s"\nlease_wait = "30s"\n');
     const answers = await Promise.all(Array.from({ length: 90 }, (_, i) => fetchImage(nodes[i % 3] as Running, 80)));
     expect(answers.filter((a) => a.status !== 200 || a.width !== 80)).toEqual([]);
     await Promise.all(nodes.map((n) => outcomesOf(n, 30)));

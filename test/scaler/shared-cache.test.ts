@@ -159,7 +159,7 @@ describe('[image_resizer.shared_cache]', () => {
       url: 'redis://10.0.0.5:6379/2',
       keyPrefix: 'outrider:img:',
       ttlMs: 7 * 86_400_000,
-      timeoutMs: 50,
+      timeoutMs: 100,
       leaseMs: 10_000,
       leaseWaitMs: 2000,
       failureThreshold: 3,

@@ -12,9 +12,9 @@ import { photo } from '../../helpers/images.js';
 const dir = mkdtempSync(join(tmpdir(), 'outrider-queue-'));
 
 /** A page of `count` avatars at distinct widths (distinct jobs: identical ones would share one), all asked at once. */
-async function coldPage(toml: string, count: number) {
-  const file = join(dir, `page-${count}-${toml.length}.png`);
-  writeFileSync(file, await photo(1200, 1200, 'png'));
+async function coldPage(toml: string, count: number, size = 1200) {
+  const file = join(dir, `page-${count}-${toml.length}-${size}.png`);
+  writeFileSync(file, await photo(size, size, 'png'));
   const backend = await startBackend((req, res) => {
     const width = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('w'));
     const { name, value } = sendScaledImage({ location: file, width, contentType: 'image/png' });
@@ -35,8 +35,8 @@ async function coldPage(toml: string, count: number) {
 
 describe('a cold page of avatars', () => {
   it('gets every image scaled with the default queue, none as the original', async () => {
-    // Two slots, as on a small machine, and a browser's worth of requests at once and more.
-    const { answers, originals } = await coldPage('max_scaler_procs = 2\n', 12);
+    // Two slots, as on a small machine, and a browser's worth of 400 px avatars at once and more.
+    const { answers, originals } = await coldPage('max_scaler_procs = 2\n', 12, 400);
     expect(answers.every((a) => a.status === 200 && a.width === a.asked)).toBe(true);
     expect(originals).toEqual([]);
   });
