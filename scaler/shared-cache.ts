@@ -190,7 +190,9 @@ export function createSharedCache(opts: SharedCacheOptions, events: SharedCacheE
       const result = await Promise.race([
         run(),
         new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new Timeout(opts.timeoutMs)), opts.timeoutMs);
+          // Rejected a turn later: a reply that arrived while the event loop was busy elsewhere is
+          // read first, so a stalled loop is not counted against Redis.
+          timer = setTimeout(() => setImmediate(() => reject(new Timeout(opts.timeoutMs))), opts.timeoutMs);
         }),
       ]);
       succeeded();
@@ -205,7 +207,8 @@ export function createSharedCache(opts: SharedCacheOptions, events: SharedCacheE
   }
 
   const keysOf = (key: string) => {
-    const value = `${opts.keyPrefix}${createHash('sha256').update(key).digest('base64url')}`;
+    // The hash in braces is a Redis Cluster hash tag: an image and its lease land in one slot.
+    const value = `${opts.keyPrefix}{${createHash('sha256').update(key).digest('base64url')}}`;
     return { value, lease: `${value}:lease` };
   };
 

@@ -94,7 +94,7 @@ class OpenedFile implements OpenedImage {
 }
 
 /**
- * What identifies a file's bytes for the scaled-image cache: its path, device and inode, mtime,
+ * What identifies a file's bytes for the scaled-image cache: its path, inode, mtime,
  * ctime and size. The ctime catches a file rewritten in place whose mtime was put back (`cp -p`,
  * `rsync -t`, `tar`): no tool can set it; a chmod or a new hard link also changes it, which only
  * costs one scaling again. The string is made once per path while they stay the same (an avatar is asked for again
@@ -119,7 +119,9 @@ class FileIdentities {
     ) {
       return known.identity;
     }
-    const identity = `file:${path}\u0000${info.dev}:${info.ino}\u0000${info.mtimeMs}:${info.ctimeMs}\u0000${info.size}`;
+    // No device number: an NFS mount's is each client's own (numbered in mount order), so with it
+    // two Outriders sharing a filesystem and a shared cache would never share a key.
+    const identity = `file:${path}\u0000${info.ino}\u0000${info.mtimeMs}:${info.ctimeMs}\u0000${info.size}`;
     if (known === undefined && this.byPath.size >= 4096) this.byPath.delete(this.byPath.keys().next().value as string);
     this.byPath.set(path, { dev: info.dev, ino: info.ino, mtimeMs: info.mtimeMs, ctimeMs: info.ctimeMs, size: info.size, identity });
     return identity;

@@ -69,7 +69,7 @@ describe.skipIf(!HAVE_REDIS && process.env.CI !== 'true')(`the shared cache on a
     expect(scalerOutcomes(aLogs)).toEqual(['scaled']);
     expect(scalerOutcomes(bLogs)).toEqual(['shared-hit']);
     // The lease was let go of once the image was stored: only the image is left.
-    expect(redis.cli('KEYS', '*').trim()).toMatch(/^outrider:img:[\w-]+$/);
+    expect(redis.cli('KEYS', '*').trim()).toMatch(/^outrider:img:\{[\w-]+\}$/);
     const metrics = await scrape(b.app);
     expect(metrics.value('outrider_image_shared_cache_requests_total', { result: 'hit' })).toBe(1);
     expect(metrics.value('outrider_image_shared_cache_requests_total', { result: 'miss' })).toBe(0);
