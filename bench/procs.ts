@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -78,12 +78,18 @@ export interface EdgeOptions {
   toml?: string;
   nodeArgs?: string;
   env?: NodeJS.ProcessEnv;
+  /**
+   * A file Outrider's stdout (its JSON log lines) is appended to, opened with O_APPEND: the
+   * benchmark may read it and truncate it between runs. Default: /dev/null.
+   */
+  stdout?: string;
 }
 
 /**
  * Outrider (dist/proxy/cli.js, with the bin's Node flags) in front of the origin, with an accelerated upload route
  * (`^/uploads/`, no pre-authorization: files go to a temp dir, all four digests). Access logs stay
- * on (a production setting) and go to /dev/null. Resolves once it answers.
+ * on (a production setting) and go to /dev/null (or to `stdout`). Resolves once it answers. EDGE_NODE names the Node
+ * binary Outrider runs on (default: the one running the benchmark), so one run compares two Nodes.
  */
 export async function startEdge(originPort: number, opts: EdgeOptions): Promise<Proc> {
   const port = await freePort();
@@ -95,10 +101,13 @@ export async function startEdge(originPort: number, opts: EdgeOptions): Promise<
   const uploads = `[uploads]\ntemp_dir = "${stem}-uploads"\n[[uploads.routes]]\nmethod = "POST"\npath = "^/uploads/"\npreauthorize = false\n`;
   writeFileSync(`${stem}.toml`, `${base}${opts.toml ?? ''}\n${uploads}`);
   const args = (opts.nodeArgs ?? '').split(' ').filter(Boolean);
-  const child = spawn(process.execPath, [...EDGE_NODE_ARGS, ...args, cli, '--config', `${stem}.toml`], {
-    stdio: ['ignore', 'ignore', 'inherit'],
+  if (opts.stdout !== undefined) removeOnExit(opts.stdout);
+  const out = opts.stdout === undefined ? 'ignore' : openSync(opts.stdout, 'a');
+  const child = spawn(process.env.EDGE_NODE || process.execPath, [...EDGE_NODE_ARGS, ...args, cli, '--config', `${stem}.toml`], {
+    stdio: ['ignore', out, 'inherit'],
     env: { ...process.env, ...opts.env },
   });
+  if (typeof out === 'number') closeSync(out);
   return waitForEdge({ child, port }, `${stem}.toml`);
 }
 
@@ -115,6 +124,63 @@ export async function waitForEdge(edge: Proc, configPath: string): Promise<Proc>
   }
   edge.child.kill('SIGKILL');
   throw new Error(`Outrider did not start (exit code ${edge.child.exitCode}): see ${configPath}`);
+}
+
+export interface RedisProc extends Proc {
+  url: string;
+  /** Stops it at once (SIGKILL), as a crash or an OOM kill would; resolves once it has exited. */
+  kill(): Promise<void>;
+}
+
+/** Whether a Redis answers PING on `port`. */
+async function redisAnswers(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = createConnection({ port, host: '127.0.0.1' });
+    socket.once('connect', () => {
+      socket.write('PING\r\n');
+      socket.once('data', (d) => {
+        socket.destroy();
+        resolve(d.toString().startsWith('+PONG'));
+      });
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+/** Debian's redis-server (`apt-get install redis-server`), or REDIS_SERVER; undefined when neither exists. */
+export const REDIS_SERVER = [process.env.REDIS_SERVER, '/usr/bin/redis-server', '/usr/local/bin/redis-server'].find(
+  (p): p is string => p !== undefined && p !== '' && existsSync(p),
+);
+
+/**
+ * A redis-server on a free loopback port with its own temp dir (removed on exit) and no
+ * persistence, with the memory policy the README recommends. The caller stops it.
+ */
+export async function startRedis(): Promise<RedisProc> {
+  if (REDIS_SERVER === undefined) throw new Error('redis-server is not installed (apt-get install -y redis-server, or set REDIS_SERVER)');
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'outrider-bench-redis-'));
+  removeOnExit(dir);
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no'];
+  const child = spawn(REDIS_SERVER, [...args, '--maxmemory', '256mb', '--maxmemory-policy', 'allkeys-lru'], { stdio: 'ignore' });
+  for (let i = 0; !(await redisAnswers(port)); i++) {
+    if (i === 200 || child.exitCode !== null) {
+      child.kill('SIGKILL');
+      throw new Error(`redis-server did not answer on port ${port}`);
+    }
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  return {
+    child,
+    port,
+    url: `redis://127.0.0.1:${port}/0`,
+    async kill() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGKILL');
+      await exited;
+    },
+  };
 }
 
 /** A one-file multipart body of `size` bytes, made once per size. */
