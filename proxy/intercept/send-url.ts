@@ -114,11 +114,17 @@ export function createSendUrl(outbound: Outbound): Interceptor {
       answer.push('X-Accel-Buffering', 'no');
       res.writeHead(upstream.statusCode, answer);
       let bytes = 0;
+      // Whether the client had left when the body failed, taken then: on Node 24 the pipeline settles
+      // only once the response it destroyed has closed, and by then that closing counts as leaving.
+      let goneAtFailure: boolean | undefined;
       try {
         if (headOnly) res.end();
         else {
           body.on('data', (chunk: Buffer) => {
             bytes += chunk.length;
+          });
+          body.once('error', () => {
+            goneAtFailure ??= ctx.clientGone;
           });
           await pipeline(body, res);
         }
@@ -134,7 +140,7 @@ export function createSendUrl(outbound: Outbound): Interceptor {
           'send-url succeeded',
         );
       } catch (err) {
-        if (!ctx.clientGone) {
+        if (!(goneAtFailure ?? ctx.clientGone)) {
           const tooLarge = (err as { code?: string }).code === 'UND_ERR_RES_EXCEEDED_MAX_SIZE';
           log.warn(
             { err, subsystem: 'send-url', url: redact(url), bytes, status: tooLarge ? 'too-large' : 'request-failed' },

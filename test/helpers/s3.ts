@@ -16,6 +16,11 @@
  * Also unlike S3: a completed multipart object's ETag is the MD5 of its whole content, not the
  * MD5 of the part MD5s followed by "-<parts>".
  */
+// First, before node:http: on Node 24 importing node:http loads Node's own bundled undici, which
+// then takes the process-wide global dispatcher that the npm undici's `request()` also uses
+// (nodejs/node#59012). That dispatcher cannot send the npm undici's FormData, the upload tests'
+// bodies: such a request hung after its headers. Loaded first, the npm undici keeps the slot.
+import 'undici';
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
