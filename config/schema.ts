@@ -342,9 +342,10 @@ export const configSchema = fileSchema.superRefine(checkListeners).transform((f)
         : {
             url: f.image_resizer.shared_cache.url,
             keyPrefix: f.image_resizer.shared_cache.key_prefix,
-            ttlMs: f.image_resizer.shared_cache.ttl,
+            // Redis takes whole milliseconds (PX).
+            ttlMs: Math.ceil(f.image_resizer.shared_cache.ttl),
             timeoutMs: f.image_resizer.shared_cache.timeout,
-            leaseMs: f.image_resizer.shared_cache.lease,
+            leaseMs: Math.ceil(f.image_resizer.shared_cache.lease),
             leaseWaitMs: f.image_resizer.shared_cache.lease_wait,
             failureThreshold: f.image_resizer.shared_cache.failure_threshold,
             retryAfterMs: f.image_resizer.shared_cache.retry_after,

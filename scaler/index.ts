@@ -185,7 +185,9 @@ export function createScaler(opts: ScalerOptions, source: ImageSource, shared?: 
     // request's lease to make it, else another node's result once it is there.
     let lease: { fill(image: CachedImage): void; release(): void } | undefined;
     try {
-      if (shared !== undefined && key !== undefined && settle !== undefined) {
+      // Also when a concurrent identical request here found nothing to share (its client left, it
+      // served an original): each then asks Redis, so one of them takes the lease, not all scale.
+      if (shared !== undefined && key !== undefined) {
         const found = await shared.lookup(key);
         let stored = found.kind === 'hit' ? found.image : undefined;
         if (found.kind === 'held') stored = await shared.wait(key, req.client.signal);
@@ -193,7 +195,7 @@ export function createScaler(opts: ScalerOptions, source: ImageSource, shared?: 
         if (stored !== undefined) {
           image.discard();
           cache.set(key, stored);
-          settle(stored);
+          settle?.(stored);
           return { outcome: 'shared-hit', ...stored, lastModified: modified };
         }
       }

@@ -75,6 +75,7 @@ interface Scripts {
 }
 
 /** The stored form: a version, the type, width and original size, then the bytes. */
+const FORMAT_VERSION = 'outrider-scaled-v1\u0000';
 const TYPES: OutputType[] = Object.values(OUTPUT_TYPES);
 const HEADER = 10;
 function encode(image: CachedImage): Buffer {
@@ -89,7 +90,14 @@ function encode(image: CachedImage): Buffer {
 function decode(value: Buffer): CachedImage | undefined {
   const type = TYPES[value[1] ?? -1];
   if (value.length <= HEADER || value[0] !== 1 || type === undefined) return undefined;
-  return { contentType: type, width: value.readUInt32BE(2), originalBytes: value.readUInt32BE(6), body: value.subarray(HEADER) };
+  // A copy: ioredis hands back a view into the socket chunk it read, which a cached entry would
+  // otherwise keep alive whole (tens of images' worth for one small avatar).
+  return {
+    contentType: type,
+    width: value.readUInt32BE(2),
+    originalBytes: value.readUInt32BE(6),
+    body: Buffer.from(value.subarray(HEADER)),
+  };
 }
 
 class Timeout extends Error {
@@ -130,25 +138,36 @@ export function createSharedCache(opts: SharedCacheOptions, events: SharedCacheE
   let openUntil = 0;
   let open = false;
   let trial = false;
-  let lastError = '';
   let closed = false;
+  // Set while a connection this tier dropped is going away: what fails with it is not news.
+  let dropping = false;
+  // Leases taken and not yet filled or released, with how to release each: released at close.
+  const leases = new Set<() => void>();
   // What was last reported: the tier starts unavailable until its connection is ready.
   let reported = false;
   const report = (reason: string) => {
-    const now = !closed && client.status === 'ready' && !open;
+    // Closing at shutdown is not an outage to warn about.
+    if (closed) return;
+    const now = client.status === 'ready' && !open;
     if (now === reported) return;
     reported = now;
     events.state(now, reason);
   };
-  client.on('ready', () => report('connected'));
-  client.on('close', () => report('connection lost'));
-  // Connection errors are reported through the state and the breaker; an unhandled 'error' would crash.
-  client.on('error', (err: Error) => {
-    if (err.message !== lastError) {
-      lastError = err.message;
-      events.error(err);
-    }
+  client.on('ready', () => {
+    dropping = false;
+    report('connected');
   });
+  client.on('close', () => report('connection lost'));
+  // Each distinct error once until Redis answers again (a full Redis fails every write alike).
+  const errorsSaid = new Set<string>();
+  const reportError = (err: unknown) => {
+    const message = err instanceof Error ? err.message : String(err);
+    if (errorsSaid.has(message) || errorsSaid.size >= 16) return;
+    errorsSaid.add(message);
+    events.error(err);
+  };
+  // Connection errors are reported through the state and the breaker; an unhandled 'error' would crash.
+  client.on('error', reportError);
 
   /** Whether a call may be made now: connected, and the breaker closed, or open long enough for one trial. */
   const admit = (): boolean => {
@@ -161,30 +180,46 @@ export function createSharedCache(opts: SharedCacheOptions, events: SharedCacheE
 
   const succeeded = () => {
     failures = 0;
-    lastError = '';
+    errorsSaid.clear();
     if (open) {
       open = false;
       report('answering again');
     }
   };
   const failed = (err: unknown) => {
+    // Calls cut by the connection this tier dropped itself: the failure that caused it is counted.
+    if (dropping && !(err instanceof Timeout)) return;
     const message = err instanceof Error ? err.message : String(err);
-    if (message !== lastError) {
-      lastError = message;
-      events.error(err);
-    }
+    reportError(err);
     failures++;
     if (open || failures >= opts.failureThreshold) {
       open = true;
       openUntil = Date.now() + opts.retryAfterMs;
       report(message);
+      probeLater();
+      // A Redis that stopped answering holds every command sent since: drop them with the socket,
+      // once per connection, when the breaker opens on timeouts.
+      if (err instanceof Timeout && !dropping && client.status === 'ready') {
+        dropping = true;
+        client.disconnect(true);
+      }
     }
-    // A Redis that stopped answering holds every command sent since: drop them with the socket.
-    if (err instanceof Timeout && client.status === 'ready') client.disconnect(true);
   };
 
-  /** One admitted call, bounded by the timeout; undefined on any failure. */
-  async function call<T>(run: () => Promise<T>): Promise<T | undefined> {
+  // While the breaker is open, one PING after retry_after tries Redis again, traffic or not.
+  let probing = false;
+  const probeLater = () => {
+    if (probing || closed) return;
+    probing = true;
+    setTimeout(() => {
+      probing = false;
+      if (open && admit()) void call(() => client.ping());
+      else if (open) probeLater();
+    }, opts.retryAfterMs).unref();
+  };
+
+  /** One admitted call, bounded by the timeout; undefined on any failure (`onTimeout` told of a timeout). */
+  async function call<T>(run: () => Promise<T>, onTimeout?: () => void): Promise<T | undefined> {
     let timer: NodeJS.Timeout | undefined;
     try {
       const result = await Promise.race([
@@ -199,6 +234,7 @@ export function createSharedCache(opts: SharedCacheOptions, events: SharedCacheE
       return result;
     } catch (err) {
       failed(err);
+      if (err instanceof Timeout) onTimeout?.();
       return undefined;
     } finally {
       clearTimeout(timer);
@@ -208,7 +244,8 @@ export function createSharedCache(opts: SharedCacheOptions, events: SharedCacheE
 
   const keysOf = (key: string) => {
     // The hash in braces is a Redis Cluster hash tag: an image and its lease land in one slot.
-    const value = `${opts.keyPrefix}{${createHash('sha256').update(key).digest('base64url')}}`;
+    // The stored form's version is hashed in: a node storing another form never shares its keys.
+    const value = `${opts.keyPrefix}{${createHash('sha256').update(FORMAT_VERSION).update(key).digest('base64url')}}`;
     return { value, lease: `${value}:lease` };
   };
 
@@ -229,27 +266,44 @@ export function createSharedCache(opts: SharedCacheOptions, events: SharedCacheE
       }
       const keys = keysOf(key);
       const token = randomBytes(12).toString('base64url');
-      const reply = await call(() => scripts.outriderLookupBuffer(keys.value, keys.lease, token, opts.leaseMs));
+      // Stores the image (or nothing) and drops the lease if it is still ours. Sent whenever
+      // connected, breaker or not: a lease left behind would make every node wait for it.
+      const fill = (stored: Buffer | string) => {
+        if (client.status !== 'ready') return;
+        void call(() => scripts.outriderFill(keys.value, keys.lease, token, stored, opts.ttlMs));
+      };
+      // Timed out, the script may yet run and take the lease: let it go, or every node would wait for it.
+      const reply = await call(
+        () => scripts.outriderLookupBuffer(keys.value, keys.lease, token, opts.leaseMs),
+        () => fill(''),
+      );
       if (reply === undefined) {
         events.lookup('error');
         return { kind: 'unavailable' };
       }
-      const image = reply[0] === 1 ? hit(reply[1]) : undefined;
-      if (image !== undefined) {
-        events.lookup('hit');
-        return { kind: 'hit', image };
+      if (reply[0] === 1) {
+        const image = hit(reply[1]);
+        if (image !== undefined) {
+          events.lookup('hit');
+          return { kind: 'hit', image };
+        }
+        // Something else under the key (not written by this version): go on alone.
+        events.lookup('error');
+        return { kind: 'unavailable' };
       }
       events.lookup('miss');
       if (reply[0] !== 2) return { kind: 'held' };
       let done = false;
       const finish = (image: CachedImage | undefined) => {
-        if (done || closed) return;
+        if (done) return;
         done = true;
-        const stored = image === undefined ? '' : encode(image);
+        leases.delete(release);
         if (image !== undefined) events.bytes('written', image.body.length);
-        if (admit()) void call(() => scripts.outriderFill(keys.value, keys.lease, token, stored, opts.ttlMs));
+        fill(image === undefined ? '' : encode(image));
       };
-      return { kind: 'lease', fill: (image) => finish(image), release: () => finish(undefined) };
+      const release = () => finish(undefined);
+      leases.add(release);
+      return { kind: 'lease', fill: (image) => finish(image), release };
     },
     async wait(key, signal) {
       const keys = keysOf(key);
@@ -275,6 +329,8 @@ export function createSharedCache(opts: SharedCacheOptions, events: SharedCacheE
       return undefined;
     },
     async close() {
+      // Leases of requests still scaling go first, so no other node waits for them.
+      for (const release of [...leases]) release();
       closed = true;
       try {
         await Promise.race([client.quit(), new Promise((r) => setTimeout(r, opts.timeoutMs))]);
