@@ -77,6 +77,8 @@ export interface EdgeOptions {
   /** TOML after the listener, backend, secret and upload route lines (before `[uploads]`). */
   toml?: string;
   nodeArgs?: string;
+  /** The Node binary this edge runs on (default: EDGE_NODE, else the benchmark's own). */
+  node?: string;
   env?: NodeJS.ProcessEnv;
   /**
    * A file Outrider's stdout (its JSON log lines) is appended to, opened with O_APPEND: the
@@ -103,10 +105,14 @@ export async function startEdge(originPort: number, opts: EdgeOptions): Promise<
   const args = (opts.nodeArgs ?? '').split(' ').filter(Boolean);
   if (opts.stdout !== undefined) removeOnExit(opts.stdout);
   const out = opts.stdout === undefined ? 'ignore' : openSync(opts.stdout, 'a');
-  const child = spawn(process.env.EDGE_NODE || process.execPath, [...EDGE_NODE_ARGS, ...args, cli, '--config', `${stem}.toml`], {
-    stdio: ['ignore', out, 'inherit'],
-    env: { ...process.env, ...opts.env },
-  });
+  const child = spawn(
+    opts.node || process.env.EDGE_NODE || process.execPath,
+    [...EDGE_NODE_ARGS, ...args, cli, '--config', `${stem}.toml`],
+    {
+      stdio: ['ignore', out, 'inherit'],
+      env: { ...process.env, ...opts.env },
+    },
+  );
   if (typeof out === 'number') closeSync(out);
   return waitForEdge({ child, port }, `${stem}.toml`);
 }

@@ -163,14 +163,20 @@ async function main(): Promise<void> {
   // main instance scales every request (cache off: cold scaling); "warm" keeps the default cache.
   const scaler = (extra: string | undefined, cache: boolean) =>
     `${extra ?? ''}\n${extra?.includes('[image_resizer]') ? '' : `[image_resizer]\nmax_scaler_wait = "10s"\n${cache ? '' : 'cache_max_bytes = 0\n'}`}`;
-  const start = (name: string, toml: string | undefined, nodeArgs: string | undefined, cache: boolean) =>
-    startEdge(origin.port, { name, toml: scaler(toml, cache), nodeArgs });
+  const start = (name: string, toml: string | undefined, nodeArgs: string | undefined, cache: boolean, node?: string) =>
+    startEdge(origin.port, { name, toml: scaler(toml, cache), nodeArgs, node });
   const edge = await start('a', process.env.BENCH_EDGE_CONFIG, process.env.BENCH_EDGE_NODE_ARGS, false);
   children.push(edge.child);
   const warm = await start('warm', process.env.BENCH_EDGE_CONFIG, process.env.BENCH_EDGE_NODE_ARGS, true);
   children.push(warm.child);
-  const wantB = process.env.BENCH_B_CONFIG !== undefined || process.env.BENCH_B_NODE_ARGS !== undefined;
-  const edgeB = wantB ? await start('b', process.env.BENCH_B_CONFIG, process.env.BENCH_B_NODE_ARGS, false) : undefined;
+  // A second Outrider to compare with in the same rounds: another config, Node flags or Node binary
+  // (BENCH_B_NODE, e.g. Node 24 from the npm node package). It keeps the default cache, so warm-b-png-64
+  // measures its cache hits; proxy-b-1k never touches the cache.
+  const wantB =
+    process.env.BENCH_B_CONFIG !== undefined || process.env.BENCH_B_NODE_ARGS !== undefined || process.env.BENCH_B_NODE !== undefined;
+  const edgeB = wantB
+    ? await start('b', process.env.BENCH_B_CONFIG, process.env.BENCH_B_NODE_ARGS, true, process.env.BENCH_B_NODE)
+    : undefined;
   if (edgeB !== undefined) children.push(edgeB.child);
   const bare = await startBare(origin.port);
   children.push(bare.child);

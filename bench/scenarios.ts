@@ -4,7 +4,7 @@ export interface Scenario {
   /**
    * `direct` hits the origin backend; `edge` goes through Outrider with the scaled-image cache off
    * (every scale request runs sharp), `edge-warm` through one with the default cache (`edge-b`: a second Outrider with
-   * BENCH_B_CONFIG / BENCH_B_NODE_ARGS, when set); `bare` through the bare Node
+   * BENCH_B_CONFIG / BENCH_B_NODE_ARGS / BENCH_B_NODE and the default cache, when set); `bare` through the bare Node
    * forward (bench/bare-proxy.ts, the floor for a Node proxy); `nginx` through nginx (when installed).
    */
   target: 'direct' | 'edge' | 'edge-warm' | 'edge-b' | 'bare' | 'nginx';
@@ -27,6 +27,7 @@ export const scenarios: Scenario[] = [
   { name: 'direct-1k', target: 'direct', path: '/1k', connections: 50 },
   { name: 'proxy-1k', target: 'edge', path: '/1k', connections: 50, baseline: 'direct-1k' },
   { name: 'proxy-b-1k', target: 'edge-b', path: '/1k', connections: 50, baseline: 'direct-1k' },
+  { name: 'warm-b-png-64', target: 'edge-b', path: '/avatar.png?width=64', connections: 50, baseline: 'proxy-b-1k' },
   { name: 'bare-node-1k', target: 'bare', path: '/1k', connections: 50, baseline: 'direct-1k' },
   { name: 'nginx-1k', target: 'nginx', path: '/1k', connections: 50, baseline: 'direct-1k' },
   // Cold scaling: the cache is off and every request names another copy, so each one runs sharp.
