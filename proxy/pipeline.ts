@@ -19,7 +19,7 @@ import type { ErrorPages } from './routes/error-pages.js';
  * `uploads` is the forwarder itself when no upload route is configured. The request reaches the
  * pipeline by the fast path (a plain node:http listener) or by fastify's catch-all route, alike.
  */
-export type Pipeline = (req: IncomingMessage, res: ServerResponse, requestId: string) => void;
+export type Pipeline = (req: IncomingMessage, res: ServerResponse, requestId: string, awaitingContinue?: boolean) => void;
 
 /**
  * The pipeline never throws: a stage that throws synchronously ends its own request (500, or a
@@ -32,9 +32,9 @@ export function createPipeline(stages: {
   pages: ErrorPages | undefined;
 }): Pipeline {
   const { metrics, uploads, log, pages } = stages;
-  return (req, res, requestId) => {
+  return (req, res, requestId, awaitingContinue) => {
     try {
-      uploads(new Exchange(req, res, requestId, metrics?.begin(req, res)));
+      uploads(new Exchange(req, res, requestId, metrics?.begin(req, res), awaitingContinue === true));
     } catch (err) {
       endOnFault(log, requestId, res, err, 'request', pages);
     }
@@ -79,22 +79,25 @@ export const pipelinePlugin: FastifyPluginCallback<{ pipeline: Pipeline }> = (ap
  * route calls the same pipeline, so `inject()` and the fast path behave alike; during shutdown
  * the forwarder answers 503 with `Connection: close` itself. Returns false for a request that
  * is one of Outrider's own routes (`ownPrefixes`): fastify serves it.
+ *
+ * `awaitingContinue` is true for a request Node handed over by `checkContinue` (`Expect:
+ * 100-continue`, not answered yet): the stage that wants its body sends the 100 (`Exchange`).
  */
 export function createFastPath(
   pipeline: Pipeline,
   genReqId: (req: IncomingMessage) => string,
   ownPrefixes: string[],
-): (req: IncomingMessage, res: ServerResponse) => boolean {
+): (req: IncomingMessage, res: ServerResponse, awaitingContinue?: boolean) => boolean {
   // Outrider's own paths share a leading part ("/-/"): most requests are told apart by it alone.
   const shared = ownPrefixes.reduce((common, prefix) => {
     let n = 0;
     while (n < common.length && common[n] === prefix[n]) n++;
     return common.slice(0, n);
   }, ownPrefixes[0] ?? '');
-  return (req, res) => {
+  return (req, res, awaitingContinue) => {
     const url = req.url as string;
     if (url.startsWith(shared)) for (const prefix of ownPrefixes) if (url.startsWith(prefix)) return false;
-    pipeline(req, res, genReqId(req));
+    pipeline(req, res, genReqId(req), awaitingContinue);
     return true;
   };
 }

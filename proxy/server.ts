@@ -63,7 +63,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
   const genReqId = requestIds(config.propagateCorrelationId);
 
   // Set once the routes are known; until then every request takes fastify's path.
-  let fastPath: ((req: IncomingMessage, res: ServerResponse) => boolean) | undefined;
+  let fastPath: ((req: IncomingMessage, res: ServerResponse, awaitingContinue?: boolean) => boolean) | undefined;
 
   // Clients that go silent mid-body or stop reading their answer (client_body_timeout, send_timeout).
   const stallWatch = createStallWatch({ bodyTimeoutMs: config.clientBodyTimeoutMs, sendTimeoutMs: config.sendTimeoutMs });
@@ -88,6 +88,13 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     serverFactory: (handler: RequestListener) => {
       const server = createServer((req, res) => {
         if (fastPath === undefined || !fastPath(req, res)) handler(req, res);
+      });
+      // `Expect: 100-continue`: Node sends no 100 of its own; whoever wants the body asks for it
+      // (the backend's 100, relayed, or the upload stage once authorized: forward/continue.ts).
+      server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+        if (fastPath?.(req, res, true)) return;
+        res.writeContinue();
+        handler(req, res);
       });
       server.on('connection', (socket: Socket) => stallWatch.connection(socket, onSendStall));
       server.keepAliveTimeout = 75_000;

@@ -16,14 +16,28 @@ export class Exchange {
   readonly started: number;
   /** Its metrics, when `prometheus_listen_addr` is set: the route and interceptor are named on it. */
   readonly measure: Measure | undefined;
+  /**
+   * The client sent `Expect: 100-continue` and holds its body back until it gets `100 Continue`,
+   * which no one sent yet: the stage that wants the body sends it (`sendContinue`), and an answer
+   * given before that leaves the body unsent (the connection then closes after the answer).
+   */
+  awaitingContinue: boolean;
 
-  constructor(req: IncomingMessage, res: ServerResponse, requestId: string, measure?: Measure) {
+  constructor(req: IncomingMessage, res: ServerResponse, requestId: string, measure?: Measure, awaitingContinue = false) {
     this.req = req;
     this.res = res;
     this.requestId = requestId;
     this.peer = peerAddress(req);
     this.started = performance.now();
     this.measure = measure;
+    this.awaitingContinue = awaitingContinue;
+  }
+
+  /** Asks a client that sent `Expect: 100-continue` for its body, once; nothing for any other. */
+  sendContinue(): void {
+    if (!this.awaitingContinue) return;
+    this.awaitingContinue = false;
+    if (!this.res.headersSent && !this.res.destroyed) this.res.writeContinue();
   }
 }
 

@@ -6,10 +6,12 @@ import { EdgeRequestInvalid, EdgeShuttingDown, writeError } from '../errors.js';
 import type { Interceptor } from '../intercept/types.js';
 import { createAccessLog } from '../observe/log/access-line.js';
 import type { ErrorPages } from '../routes/error-pages.js';
+import { forwardExpectingContinue } from './continue.js';
 import type { Exchange } from './exchange.js';
 import { ForwardHandler, type HandlerOptions } from './handler.js';
 import { withoutNamed } from './headers.js';
 import { BODY_HEADERS, requestHeaders } from './request-headers.js';
+import { continueTarget } from './upstream.js';
 
 export interface ForwardOptions {
   upstream: Dispatcher;
@@ -50,6 +52,7 @@ export function createForwarder(options: ForwardOptions): Forwarder {
     stallWatch: options.stallWatch,
   };
   const { upstream, version, errorPages: pages } = options;
+  const expectTarget = continueTarget(upstream);
   return (exchange, replacement) => {
     const { req, res, requestId } = exchange;
     const handler = new ForwardHandler(exchange, opts);
@@ -84,6 +87,16 @@ export function createForwarder(options: ForwardOptions): Forwarder {
           body = replacement.body;
         }
         headers.list.push(...replacement.headers);
+      }
+      if (body === req && exchange.awaitingContinue) {
+        if (expectTarget !== undefined) {
+          // The client waits for 100 before its body: the backend decides (`continue.ts`), and
+          // the body is watched from when it is asked for.
+          const watchBody = () => opts.stallWatch?.body(req, () => handler.onBodyStall());
+          forwardExpectingContinue(expectTarget, exchange, handler, headers.list, watchBody);
+          return;
+        }
+        exchange.sendContinue();
       }
       if (body === req && opts.stallWatch !== undefined) {
         opts.stallWatch.body(req, () => handler.onBodyStall());

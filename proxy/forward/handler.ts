@@ -9,6 +9,7 @@ import type { InterceptContext, Interceptor, ResponseHead } from '../intercept/t
 import type { AccessLog } from '../observe/log/access-line.js';
 import { type ErrorPages, pageFor, writeErrorPage } from '../routes/error-pages.js';
 import type { Exchange } from './exchange.js';
+import { writeInformational } from './informational.js';
 import { readHead } from './response-head.js';
 
 /** What a handler needs beyond its exchange, the same for every request. */
@@ -34,6 +35,9 @@ const HEAD_HOLD_MS = 1_000;
 function flushHeldHead(handler: ForwardHandler): void {
   handler.flushHeld();
 }
+
+/** Interim (1xx) answers relayed before the final one, as Go's transport allows (`max1xxResponses`). */
+const MAX_INTERIM = 5;
 
 /** Statuses a response may carry (RFC 9110 §15); anything else from the backend is a 502. */
 const MIN_STATUS = 100;
@@ -62,6 +66,8 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
   /** The backend's head went out: the access line counts the body bytes relayed, even if it is cut later. */
   private relayed = false;
   private discarded = 0;
+  /** 1xx answers relayed so far. */
+  private interim = 0;
   /** Flushes a held head of a streaming answer whose first body byte is slow to come. */
   private holdTimer: NodeJS.Timeout | undefined;
   /**
@@ -109,8 +115,8 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusMessage: string): boolean {
-    // Interim responses (103 Early Hints…) are not relayed: the final response follows.
-    if (statusCode < 200) return true;
+    // Interim answers (103 Early Hints…) go to the client ahead of the final one.
+    if (statusCode < 200) return this.onInformational(statusCode, rawHeaders, statusMessage);
     // Answered already (the client's body timed out): the backend's answer is dropped.
     if (this.intercepted) return true;
     // The backend answered before the client finished sending (an early 413 or 401): undici stops
@@ -175,6 +181,22 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
     if (!head.hasLength && bodied) {
       this.holdTimer = setTimeout(flushHeldHead, HEAD_HOLD_MS, this);
     }
+    return true;
+  }
+
+  /**
+   * A 1xx other than 100 (relayed by `continue.ts`) and 101 (never seen here: undici takes it for
+   * an upgrade) is relayed, as Go's ReverseProxy does; past `MAX_INTERIM` of them the backend is
+   * answered for like Go's transport ("too many 1xx informational responses"): a 502.
+   */
+  private onInformational(statusCode: number, rawHeaders: Buffer[], statusMessage: string): boolean {
+    if (this.intercepted || this.clientGone || statusCode === 100 || statusCode === 101) return true;
+    if (++this.interim > MAX_INTERIM) {
+      this.log.error({ subsystem: 'proxy', status: statusCode }, 'backend sent too many 1xx answers');
+      this.failBeforeBody(new EdgeUpstreamInvalidResponse());
+      return true;
+    }
+    writeInformational(this.req, this.res, statusCode, rawHeaders, statusMessage);
     return true;
   }
 

@@ -37,7 +37,8 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
 
 /**
  * Request headers the client may not set: the ones Outrider sets itself (the backend trusts them),
- * the rewritten-upload fields header, and `Expect` (Node answers 100-continue itself).
+ * the rewritten-upload fields header, and `Expect` (a 100-continue is Outrider's to handle: the
+ * upload stage answers it, or `continue.ts` sends its own to the backend).
  */
 export const REQUEST_STRIPPED: ReadonlySet<string> = new Set([
   ...HOP_BY_HOP,

@@ -189,6 +189,9 @@ async function handleUpload(route: UploadRoute, files: boolean, exchange: Exchan
       if (auth.maxSize > 0 && declared !== undefined && declared > auth.maxSize) {
         throw new StoreError('too-large', `the body is larger than the ${auth.maxSize} bytes allowed`);
       }
+      // Outrider reads the body itself: a client that sent `Expect: 100-continue` is asked for it
+      // only now the upload is allowed (a refusal above goes out without it).
+      exchange.sendContinue();
       // Stripped, the file is shorter than the body: its declared length no longer applies.
       const file = route.strip_exif
         ? await saveStripped(req, strip, (clean) => storeFile(clean, store))
@@ -197,6 +200,7 @@ async function handleUpload(route: UploadRoute, files: boolean, exchange: Exchan
       stored = [file];
       replacement = rewriteBody(file, opts.secret, signed());
     } else {
+      exchange.sendContinue();
       const parts = await readMultipart(req, opts.uploads.maxFiles, store, abort, route.strip_exif ? strip : undefined);
       if (res.destroyed) return;
       stored = parts.flatMap((part) => (part.kind === 'file' ? [part.stored] : []));
