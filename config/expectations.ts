@@ -75,6 +75,9 @@ export const EXPECTATIONS: Readonly<Record<string, string>> = {
   'object_storage.s3.aws_access_key_id': SECRET,
   'object_storage.s3.aws_secret_access_key': SECRET,
   'object_storage.s3.aws_session_token': SECRET,
+  websocket: TABLE,
+  'websocket.idle_timeout': DURATION,
+  'websocket.max_tunnels': 'a whole number such as 10000, or 0 to refuse every upgrade',
 };
 
 /** What `path` (an issue's path) takes, when the table knows the key. */

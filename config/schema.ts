@@ -164,6 +164,21 @@ const uploads = z.strictObject({
   routes: z.array(uploadRoute, { error: 'expected [[uploads.routes]] tables' }).default([]),
 });
 
+/**
+ * `[websocket]`: requests that ask to switch protocols (`Connection: upgrade`, `Upgrade: websocket`
+ * or any other token), tunnelled to the backend once it answers 101 (proxy/tunnel/).
+ */
+const websocket = z.strictObject({
+  // Every framework's heartbeat is well inside it (ActionCable 3 s, socket.io 25 s, Phoenix 30 s):
+  // what it closes is a peer that vanished without a FIN (a laptop lid, a NAT that forgot).
+  idle_timeout: positiveDuration('how long a tunnel may carry no byte either way').default(600_000),
+  // Two file descriptors per tunnel: 10000 tunnels hold 20000 of the 65536 the systemd unit allows,
+  // leaving the rest for requests, files and the backend pool. Per process (worker).
+  max_tunnels: wholeNumber('a number of open tunnels', 0)
+    .max(1_000_000, { error: 'expected at most 1000000 open tunnels' })
+    .default(10_000),
+});
+
 /** A credential key: an empty string is no key, as in Workhorse (omnibus writes `""` for unset ones). */
 const credential = (what: string) =>
   z
@@ -309,6 +324,7 @@ const fileSchema = z.strictObject({
   outbound: outbound.prefault({}),
   uploads: uploads.prefault({}),
   object_storage: objectStorage.optional(),
+  websocket: websocket.prefault({}),
 });
 
 /** The TOML file's shape (snake_case), mapped once to the camelCase `Config`. */
@@ -369,6 +385,10 @@ export const configSchema = fileSchema.superRefine(checkListeners).transform((f)
     maxResponseBytes: f.outbound.max_response_bytes,
   },
   objectStorage: f.object_storage,
+  websocket: {
+    idleTimeoutMs: f.websocket.idle_timeout,
+    maxTunnels: f.websocket.max_tunnels,
+  },
 }));
 
 export type Config = z.output<typeof configSchema>;

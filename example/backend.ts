@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { basename, extname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
+import { WebSocketServer } from 'ws';
 // Everything the backend says to Outrider, and every check on what Outrider says, goes through the
 // toolkit (`outrider/backend` once installed): no JWT or base64 code of its own.
 import {
@@ -48,7 +49,7 @@ export function createExampleBackend(options: ExampleBackendOptions): Server {
     '/': (req, res) => home(req, res, avatarDir),
     ...uploadRoutes(options.secret, resolve(options.uploadTempDir ?? join(tmpdir(), 'outrider-example-uploads')), avatarDir),
   };
-  return createServer((req, res) => {
+  const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
     if (path.startsWith('/avatars/')) return void avatar(req, res, avatarDir, path.slice('/avatars/'.length));
     const route = all[path];
@@ -57,6 +58,32 @@ export function createExampleBackend(options: ExampleBackendOptions): Server {
       return;
     }
     route(req, res);
+  });
+  attachLive(server);
+  return server;
+}
+
+/**
+ * `/live`: a WebSocket (the `ws` package on this node:http server) that tells every connected
+ * page, once a second, a tick number and how many pages are connected. Through Outrider it is an
+ * upgrade tunnel like ActionCable's `/-/cable`.
+ */
+function attachLive(server: Server): void {
+  const live = new WebSocketServer({ server, path: '/live' });
+  let tick = 0;
+  const broadcast = () => {
+    const message = JSON.stringify({ tick, clients: live.clients.size });
+    for (const ws of live.clients) ws.send(message);
+  };
+  live.on('connection', (ws) => ws.send(JSON.stringify({ tick, clients: live.clients.size })));
+  const timer = setInterval(() => {
+    tick++;
+    broadcast();
+  }, 1000);
+  timer.unref();
+  server.on('close', () => {
+    clearInterval(timer);
+    for (const ws of live.clients) ws.terminate();
   });
 }
 
@@ -98,6 +125,20 @@ function home(req: IncomingMessage, res: ServerResponse, avatarDir: string): voi
 <body>
 <h1>Outrider example backend</h1>
 <p>You reached this page ${escapeHtml(behind)}.</p>
+<p class="live">Live, over a WebSocket at <code>/live</code> (tunnelled by Outrider): <output id="live">connecting…</output></p>
+<script>
+  // The backend sends every page a tick a second, with how many pages are connected.
+  (() => {
+    const out = document.getElementById('live');
+    const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/live');
+    ws.onmessage = (event) => {
+      const { tick, clients } = JSON.parse(event.data);
+      out.dataset.tick = String(tick);
+      out.textContent = 'tick ' + tick + ', ' + clients + (clients === 1 ? ' page' : ' pages') + ' connected';
+    };
+    ws.onclose = () => { out.textContent = 'disconnected'; };
+  })();
+</script>
 <h2>Avatars</h2>
 <p>Scaled by Outrider when the backend asks (<code>send-scaled-img</code>), at each width below and at twice it on
 high-density screens (<code>srcset</code>); the name links to the original (<code>X-Sendfile</code>). A reload revalidates

@@ -71,6 +71,7 @@ backend.listen(backendPort, '127.0.0.1', () => {
       `\nOutrider is up on ${base} in front of the example backend on http://127.0.0.1:${port}\nTry:\n` +
         `  ${base}/                 the example app's home page, through Outrider\n` +
         `  curl -i ${base}/headers  what the backend receives (Gitlab-Workhorse, X-Forwarded-For, X-Request-Id)\n` +
+        `  ${base}/ also shows a live counter: a WebSocket to /live, tunnelled by Outrider (Upgrade)\n` +
         `  curl -N ${base}/stream   a response relayed line by line as the backend writes it\n` +
         `  curl -i '${base}/avatars/ada.png?width=64'   an avatar scaled by Outrider (send-scaled-img)\n` +
         `  curl -i ${base}/avatars/ada.png   the original (X-Sendfile); add -H 'If-Modified-Since: <its Last-Modified>' for a 304\n` +

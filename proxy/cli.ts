@@ -258,6 +258,7 @@ async function serve(config: Config, worker: WorkerSetup | undefined, missingFla
     logger.info({ signal, graceMs: config.shutdownTimeoutMs }, 'shutting down: finishing in-flight requests');
     const deadline = setTimeout(() => {
       logger.warn('shutdown timeout reached: closing the remaining connections');
+      app.outrider.closeTunnels();
       app.server.closeAllConnections();
       exit(stopCode);
     }, config.shutdownTimeoutMs);

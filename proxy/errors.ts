@@ -31,6 +31,8 @@ export const EdgeSourceUnavailable = createError('EDGE_SOURCE_UNAVAILABLE', 'Bad
 /** A send-url origin failed and the instruction named the status to answer (`ErrorResponseStatus`, `TimeoutResponseStatus`). */
 const EdgeOriginFailed = createError<[string, { cause: unknown }?]>('EDGE_ORIGIN_FAILED', '%s', 502);
 export const EdgeShuttingDown = createError('EDGE_SHUTTING_DOWN', 'Service Unavailable: shutting down', 503);
+/** An upgrade (WebSocket…) beyond `[websocket] max_tunnels` open tunnels: refused before the backend sees it. */
+export const EdgeTunnelsFull = createError('EDGE_TUNNELS_FULL', 'Service Unavailable: too many open connections', 503);
 export const EdgeBodyTimeout = createError('EDGE_BODY_TIMEOUT', 'Request Timeout: the request body stopped arriving', 408);
 export const EdgeInternal = createError('EDGE_INTERNAL', 'Internal Server Error', 500);
 export const EdgeStaticMissing = createError('EDGE_STATIC_MISSING', 'Not Found', 404);

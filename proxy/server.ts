@@ -28,6 +28,7 @@ import { createHealth, healthPlugin } from './routes/health.js';
 import { staticPlugin } from './routes/static.js';
 import { checkDocumentRoot, loadSecret } from './runtime/start-files.js';
 import { VERSION } from './runtime/version.js';
+import { createTunnels } from './tunnel/upgrade.js';
 import { createUploads } from './upload/index.js';
 import { createObjectStorage } from './upload/store/index.js';
 
@@ -50,6 +51,8 @@ export interface OutriderControls {
   drain(): void;
   /** The metrics listener's address once listening ("host:port" or "unix:/path"); undefined when there is none. */
   metricsAddress(): string | undefined;
+  /** Closes the open upgrade tunnels (WebSocket…), each logged with reason `shutdown`: once `shutdown_timeout` has run out. */
+  closeTunnels(): void;
 }
 
 declare module 'fastify' {
@@ -97,6 +100,8 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
         handler(req, res);
       });
       server.on('connection', (socket: Socket) => stallWatch.connection(socket, onSendStall));
+      // Upgrade requests (WebSocket…) only: Node hands every other request to the listener above.
+      server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => tunnels.upgrade(req, socket, head));
       server.keepAliveTimeout = 75_000;
       // Uploads and downloads may take as long as they take: no whole-request deadline.
       server.requestTimeout = 0;
@@ -175,6 +180,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     stallWatch,
     objectStorage,
   });
+  const tunnels = createTunnels({ config, version: VERSION, genReqId, log: app.log, metrics, isClosing: () => closing, pages: errorPages });
   // Every proxied request enters here, by the fast path or the catch-all route alike.
   const pipeline = createPipeline({ metrics, uploads, log: app.log, pages: errorPages });
   app.register(pipelinePlugin, { pipeline });
@@ -204,6 +210,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
   app.decorate('outrider', {
     drain: () => health.drain(),
     metricsAddress: () => metricsServer?.address(),
+    closeTunnels: () => tunnels.closeAll('shutdown'),
   } satisfies OutriderControls);
 
   // Outrider's own routes (anything but the catch-all) go through fastify's full lifecycle.

@@ -55,6 +55,7 @@ describe('configuration', () => {
       },
       uploads: { tempDir: '/var/tmp/outrider', maxFiles: 10, fileMode: 0o600, routes: [] },
       objectStorage: undefined,
+      websocket: { idleTimeoutMs: 600_000, maxTunnels: 10_000 },
     });
     expect(DEFAULT_MAX_SCALER_PROCS).toBeGreaterThanOrEqual(2);
   });
@@ -116,6 +117,8 @@ describe('configuration', () => {
       'aws_access_key_id',
       'aws_secret_access_key',
       'aws_session_token',
+      'idle_timeout',
+      'max_tunnels',
     ]) {
       expect(text).toMatch(new RegExp(`^#? ?${key} = `, 'm'));
     }

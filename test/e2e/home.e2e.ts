@@ -152,6 +152,19 @@ describe('the example app in Chromium', () => {
       await page.goto(`${base}/`);
       expect(await page.textContent('body')).toContain('through Outrider 0.');
 
+      // The live counter: a WebSocket to the backend's /live, tunnelled by Outrider, ticks once a second.
+      await page.waitForSelector('output#live[data-tick]', { timeout: 10_000 });
+      const firstTick = Number(await page.getAttribute('output#live', 'data-tick'));
+      await page.waitForFunction(
+        (seen) =>
+          Number(
+            (document as unknown as { getElementById(id: string): { dataset: { tick?: string } } }).getElementById('live').dataset.tick,
+          ) > seen,
+        firstTick,
+        { timeout: 5_000 },
+      );
+      expect(await page.textContent('output#live')).toMatch(/^tick \d+, \d+ pages? connected$/);
+
       // Upload a 400x300 PNG through the home page's form: Outrider stores it, the backend moves it, 303 to /.
       const stem = `e2e-${randomUUID().slice(0, 8)}`;
       const file = join(scratch, `${stem}.png`);
@@ -239,5 +252,15 @@ describe('the example app in Chromium', () => {
     } finally {
       await context.close();
     }
+    // The pages are gone: each of their tunnels to /live was logged when it closed (the home page's
+    // and the reload's), as a 101 that one side ended: the browser, or the backend answering its close frame.
+    const ended = (l: Record<string, unknown>) =>
+      l.subsystem === 'tunnel' && l.path === '/live' && (l.reason === 'client' || l.reason === 'backend');
+    const end = Date.now() + 5_000;
+    while (Date.now() < end && logs.filter(ended).length < 2) await sleep(50);
+    const tunnels = logs.filter((l) => l.subsystem === 'tunnel');
+    expect(tunnels.length).toBeGreaterThanOrEqual(1);
+    expect(tunnels.filter((l) => l.path !== '/live' || l.status !== 101)).toEqual([]);
+    expect(tunnels.filter(ended).length).toBeGreaterThanOrEqual(2);
   });
 });

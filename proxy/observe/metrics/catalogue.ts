@@ -90,6 +90,38 @@ export const SHARED_CACHE_RESULTS = ['hit', 'miss', 'error', 'skipped'] as const
 export const LEASE_WAIT_RESULTS = ['filled', 'gone', 'timeout'] as const;
 
 /**
+ * `tunnels_closed_total{reason}` values. A tunnel (the backend answered 101) ends as `client` or
+ * `backend` (that side's connection ended first, or was reset), `idle` (`[websocket]
+ * idle_timeout`), `error` (any other socket error) or `shutdown` (still open when
+ * `shutdown_timeout` ran out). An upgrade request that never became one ends as `refused`
+ * (`max_tunnels` reached, or shutting down: 503), `rejected` (a request Outrider cannot forward:
+ * 400), `declined` (the backend answered without switching, relayed as it came), `failed` (the
+ * backend could not be reached, did not answer in time, or switched to another protocol: 502,
+ * 504) or `client` (the client left before the answer).
+ */
+export const TUNNEL_CLOSE_REASONS = [
+  'client',
+  'backend',
+  'idle',
+  'error',
+  'shutdown',
+  'refused',
+  'rejected',
+  'declined',
+  'failed',
+] as const;
+export type TunnelCloseReason = (typeof TUNNEL_CLOSE_REASONS)[number];
+
+/** What the tunnel families read at scrape time: tunnels open now, and bytes carried so far each way (open tunnels included). */
+export interface TunnelTotals {
+  open: number;
+  /** Client to backend, after the request head. */
+  upstream: number;
+  /** Backend to client, after the 101 head. */
+  downstream: number;
+}
+
+/**
  * What Outrider measures, recorded where it happens. `begin` makes one small `Measure` per request;
  * every other call is a few additions on numbers that already exist: label children are made once
  * per label combination and kept, and prom-client reads them only when Prometheus scrapes. Built only when `prometheus_listen_addr` is set; callers hold
@@ -119,6 +151,12 @@ export interface Metrics {
   sharedCacheAvailable(available: boolean): void;
   /** An upload request's outcome, with the bytes read from the client for it so far. */
   upload(outcome: UploadOutcome, req: IncomingMessage): void;
+  /** The backend switched protocols (101): a tunnel is open. */
+  tunnelOpened(): void;
+  /** An upgrade request ended: a tunnel closed, or a request that never became one. */
+  tunnelClosed(reason: TunnelCloseReason): void;
+  /** Where the open-tunnel gauge and the byte counters are read from at scrape time (the tunnels' owner). */
+  readTunnels(read: () => TunnelTotals): void;
 }
 
 /** One request being measured, from `Metrics.begin` until its response closes. */
@@ -298,6 +336,41 @@ export function createMetrics(opts: MetricsOptions): Metrics {
   );
   const uploads = new Map(UPLOAD_OUTCOMES.map((o) => [o, { requests: uploadRequests.child(o), bytes: uploadBytes.child(o) }]));
 
+  const tunnelsOpened = register(
+    new CounterFamily(`${ns}_tunnels_opened_total`, 'Upgrade requests the backend switched (101): tunnels opened.', []),
+  ).child();
+  const tunnelsClosed = register(
+    new CounterFamily(
+      `${ns}_tunnels_closed_total`,
+      'Upgrade requests ended, by reason: tunnels closed (client, backend, idle, error, shutdown), or never opened (refused, rejected, declined, failed, client).',
+      ['reason'],
+    ),
+  );
+  const tunnelClosedBy = new Map(TUNNEL_CLOSE_REASONS.map((r) => [r, tunnelsClosed.child(r)]));
+  let readTunnels = (): TunnelTotals => ({ open: 0, upstream: 0, downstream: 0 });
+  new Gauge({
+    name: `${ns}_tunnels_open`,
+    help: 'Tunnels open now.',
+    registers: [registry],
+    collect() {
+      this.set(readTunnels().open);
+    },
+  });
+  const tunnelBytes = register(
+    new SampledCounterFamily(
+      `${ns}_tunnel_bytes_total`,
+      'Bytes carried by tunnels after the heads: upstream (client to backend) and downstream (backend to client), open tunnels included.',
+      ['direction'],
+      (family) => {
+        const totals = readTunnels();
+        family.child('upstream').value = totals.upstream;
+        family.child('downstream').value = totals.downstream;
+      },
+    ),
+  );
+  tunnelBytes.child('upstream');
+  tunnelBytes.child('downstream');
+
   collectDefaultMetrics({ register: registry });
   for (const name of DROPPED_DEFAULT_METRICS) registry.removeSingleMetric(name);
 
@@ -409,7 +482,32 @@ export function createMetrics(opts: MetricsOptions): Metrics {
       counters?.requests.inc();
       counters?.bytes.inc(bytesReadFor(req.socket as Socket | null, marks));
     },
+    tunnelOpened() {
+      tunnelsOpened.inc();
+    },
+    tunnelClosed(reason) {
+      tunnelClosedBy.get(reason)?.inc();
+    },
+    readTunnels(read) {
+      readTunnels = read;
+    },
   };
+}
+
+/**
+ * A counter family whose values are read from their owner when Prometheus scrapes (bytes of
+ * tunnels still open keep counting), not added to as things happen. The owner keeps them monotonic.
+ */
+class SampledCounterFamily extends CounterFamily {
+  private readonly sample: (family: CounterFamily) => void;
+  constructor(name: string, help: string, labelNames: readonly string[], sample: (family: CounterFamily) => void) {
+    super(name, help, labelNames);
+    this.sample = sample;
+  }
+  override async get() {
+    this.sample(this);
+    return super.get();
+  }
 }
 
 /** One measured request: what its series are chosen by once its response closes. */
