@@ -4,7 +4,7 @@ import { decodeSendData, SCALED_IMG_PREFIX } from '../../protocol/send-data.js';
 import { type ModernFormat, parseDirective, type ScaleDirective, type ScaleOutcomeName, type Scaler } from '../../scaler/index.js';
 import { EdgeSourceUnavailable } from '../errors.js';
 import { sendBody } from '../forward/body.js';
-import { rawHeader } from '../forward/headers.js';
+import { headerValue, rawHeader } from '../forward/headers.js';
 import { createDirectLine, type DirectLine, jsonString, msSince } from '../observe/log/direct-line.js';
 import type { Metrics } from '../observe/metrics/catalogue.js';
 import { createFormatChooser, varyWithAccept } from './accept.js';
@@ -119,6 +119,7 @@ export function createScaledImg(
             else {
               // The original failed before its first byte: nothing was sent, so the client is told.
               ctx.log.warn({ err: sent.err, subsystem: 'scaler' }, 'original image could not be read');
+              if (negotiated) res.setHeader('Vary', varyWithAccept(headerValue(head.headers, 'vary')));
               ctx.fail(new EdgeSourceUnavailable());
             }
           }
@@ -128,6 +129,8 @@ export function createScaledImg(
         ctx.log.error({ err, subsystem: 'scaler', outcome: FAILED, durationMs: Math.round(performance.now() - started) }, 'scaler failed');
         metrics?.imageResize(FAILED);
         // The scaler throws only ScaleError: an invalid directive (502 as invalid) or an unreadable source.
+        // Its answer varies by Accept too, as every answer to a negotiated instruction does.
+        if (negotiated && !res.headersSent) res.setHeader('Vary', varyWithAccept(headerValue(head.headers, 'vary')));
         ctx.fail(err);
       }
     },

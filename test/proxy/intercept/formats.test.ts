@@ -213,6 +213,14 @@ describe('scaled images in the format the client accepts', () => {
     expect((await get(`${webpOnly.url}/o`, { accept: 'image/avif' })).headers.vary).toBe('Accept');
   });
 
+  it('sends Vary: Accept with the 502 for an image that cannot be read', async () => {
+    const backend = await avatarBackend(() => ({ location: join(dir, 'missing.png'), width: 64, contentType: 'image/png' }));
+    const proxy = await startProxy(backend.url);
+    const res = await get(`${proxy.url}/m`, { accept: CHROMIUM_ACCEPT });
+    expect(res.status).toBe(502);
+    expect(res.headers.vary).toBe('Accept');
+  });
+
   it('answers 502 to a KeepFormat that is not true or false', async () => {
     const file = place('bad.png', png400);
     const backend = await startBackend((_req, res) => {
