@@ -179,6 +179,24 @@ const websocket = z.strictObject({
     .default(10_000),
 });
 
+/**
+ * `[tls]`: listen_addr speaks HTTPS with this certificate chain and key (PEM files; Workhorse's
+ * `[listeners.tls]` keys), reloaded on SIGHUP without dropping connections.
+ */
+const TLS_VERSION = 'expected "tls1.2" or "tls1.3"';
+const tlsVersion = z.enum(['tls1.2', 'tls1.3'], { error: TLS_VERSION });
+const nodeTlsVersion = (v: 'tls1.2' | 'tls1.3'): 'TLSv1.2' | 'TLSv1.3' => (v === 'tls1.2' ? 'TLSv1.2' : 'TLSv1.3');
+const tls = z
+  .strictObject({
+    certificate: z
+      .string({ error: 'expected the path of a PEM certificate chain' })
+      .min(1, { error: 'expected the path of a PEM certificate chain' }),
+    key: z.string({ error: 'expected the path of a PEM private key' }).min(1, { error: 'expected the path of a PEM private key' }),
+    min_version: tlsVersion.default('tls1.2'),
+    max_version: tlsVersion.default('tls1.3'),
+  })
+  .refine((t) => t.min_version <= t.max_version, { path: ['min_version'], error: 'expected min_version at most max_version' });
+
 /** A credential key: an empty string is no key, as in Workhorse (omnibus writes `""` for unset ones). */
 const credential = (what: string) =>
   z
@@ -325,6 +343,7 @@ const fileSchema = z.strictObject({
   uploads: uploads.prefault({}),
   object_storage: objectStorage.optional(),
   websocket: websocket.prefault({}),
+  tls: tls.optional(),
 });
 
 /** The TOML file's shape (snake_case), mapped once to the camelCase `Config`. */
@@ -385,6 +404,15 @@ export const configSchema = fileSchema.superRefine(checkListeners).transform((f)
     maxResponseBytes: f.outbound.max_response_bytes,
   },
   objectStorage: f.object_storage,
+  tls:
+    f.tls === undefined
+      ? undefined
+      : {
+          certificate: f.tls.certificate,
+          key: f.tls.key,
+          minVersion: nodeTlsVersion(f.tls.min_version),
+          maxVersion: nodeTlsVersion(f.tls.max_version),
+        },
   websocket: {
     idleTimeoutMs: f.websocket.idle_timeout,
     maxTunnels: f.websocket.max_tunnels,

@@ -192,6 +192,16 @@ async function serve(config: Config, worker: WorkerSetup | undefined, missingFla
     if (err instanceof ConfigError) fail(err.message);
     throw err;
   }
+  // SIGHUP (systemctl reload): the TLS certificate and key are read again for new connections; a
+  // bad pair is logged and the one in use kept. Nothing else is reloaded, and the process stays up.
+  process.on('SIGHUP', () => {
+    try {
+      const result = app.outrider.reloadTls();
+      logger.info({ signal: 'SIGHUP' }, result === 'reloaded' ? 'tls certificate reloaded' : 'SIGHUP: nothing to reload (no [tls])');
+    } catch (err) {
+      logger.error({ signal: 'SIGHUP', err: { message: (err as Error).message } }, 'tls reload failed: keeping the certificate in use');
+    }
+  });
   const exit = (code: number) => {
     logger.flush(() => process.exit(code));
     // A log destination that never calls back (it may be what failed) must not keep the process up.

@@ -1,4 +1,5 @@
 import { createServer, type IncomingMessage, type RequestListener, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
 import type { Config } from '../config/schema.js';
@@ -27,6 +28,7 @@ import { createErrorPages } from './routes/error-pages.js';
 import { createHealth, healthPlugin } from './routes/health.js';
 import { staticPlugin } from './routes/static.js';
 import { checkDocumentRoot, loadSecret } from './runtime/start-files.js';
+import { loadTlsFiles } from './runtime/tls.js';
 import { VERSION } from './runtime/version.js';
 import { createTunnels } from './tunnel/upgrade.js';
 import { createUploads } from './upload/index.js';
@@ -53,6 +55,8 @@ export interface OutriderControls {
   metricsAddress(): string | undefined;
   /** Closes the open upgrade tunnels (WebSocket…), each logged with reason `shutdown`: once `shutdown_timeout` has run out. */
   closeTunnels(): void;
+  /** Reads `[tls]`'s files again for new connections (SIGHUP); throws a `ConfigError` and keeps the old pair when they are bad. */
+  reloadTls(): 'reloaded' | 'no [tls] to reload';
 }
 
 declare module 'fastify' {
@@ -64,6 +68,9 @@ declare module 'fastify' {
 /** Builds the proxy: branches registered, nothing listening yet. */
 export function buildServer(config: Config, opts: BuildServerOptions = {}): FastifyInstance {
   const genReqId = requestIds(config.propagateCorrelationId);
+
+  // Read and checked now: a bad certificate or key is a ConfigError (exit code 2) naming the file.
+  const tlsFiles = config.tls === undefined ? undefined : loadTlsFiles(config.tls);
 
   // Set once the routes are known; until then every request takes fastify's path.
   let fastPath: ((req: IncomingMessage, res: ServerResponse, awaitingContinue?: boolean) => boolean) | undefined;
@@ -89,9 +96,12 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     // Paths go to the backend byte for byte: no router rewriting of slashes or case.
     routerOptions: { ignoreTrailingSlash: false, ignoreDuplicateSlashes: false, caseSensitive: true, maxParamLength: 8192 },
     serverFactory: (handler: RequestListener) => {
-      const server = createServer((req, res) => {
+      const listener: RequestListener = (req, res) => {
         if (fastPath === undefined || !fastPath(req, res)) handler(req, res);
-      });
+      };
+      // `[tls]`: the same HTTP/1.1 server over TLS (an https.Server is an http.Server on TLS sockets).
+      const server =
+        tlsFiles === undefined ? createServer(listener) : createHttpsServer({ ...tlsFiles, ALPNProtocols: ['http/1.1'] }, listener);
       // `Expect: 100-continue`: Node sends no 100 of its own; whoever wants the body asks for it
       // (the backend's 100, relayed, or the upload stage once authorized: forward/continue.ts).
       server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
@@ -99,7 +109,8 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
         res.writeContinue();
         handler(req, res);
       });
-      server.on('connection', (socket: Socket) => stallWatch.connection(socket, onSendStall));
+      // The stall watch follows the socket HTTP is parsed from: the TLS one when there is TLS.
+      server.on(tlsFiles === undefined ? 'connection' : 'secureConnection', (socket: Socket) => stallWatch.connection(socket, onSendStall));
       // Upgrade requests (WebSocket…) only: Node hands every other request to the listener above.
       server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => tunnels.upgrade(req, socket, head));
       server.keepAliveTimeout = 75_000;
@@ -211,6 +222,13 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     drain: () => health.drain(),
     metricsAddress: () => metricsServer?.address(),
     closeTunnels: () => tunnels.closeAll('shutdown'),
+    reloadTls: () => {
+      if (config.tls === undefined) return 'no [tls] to reload';
+      // New connections get the new pair; open ones keep the one they were made with.
+      const files = loadTlsFiles(config.tls);
+      (app.server as HttpsServer).setSecureContext(files);
+      return 'reloaded';
+    },
   } satisfies OutriderControls);
 
   // Outrider's own routes (anything but the catch-all) go through fastify's full lifecycle.

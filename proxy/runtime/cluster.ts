@@ -254,6 +254,10 @@ export async function runPrimary(config: Config, logger: Logger): Promise<void> 
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
+  // systemctl reload signals the primary alone: each worker reloads its own TLS pair.
+  process.on('SIGHUP', () => {
+    for (const w of alive()) w.process.kill('SIGHUP');
+  });
 
   for (const slot of slots) fork(slot);
 }

@@ -3,6 +3,7 @@ import { ConfigError, secretHint } from '../../config/errors.js';
 import type { Config } from '../../config/schema.js';
 import { OutriderSecretError } from '../../protocol/errors.js';
 import { readSecret } from '../../protocol/secret.js';
+import { loadTlsFiles } from './tls.js';
 
 /**
  * Reads the secret shared with the backend: the standard base64 of exactly 32 bytes, line breaks
@@ -36,11 +37,12 @@ export function checkDocumentRoot(dir: string): string {
 }
 
 /**
- * The files `buildServer` reads at start (the secret when upload routes exist, `document_root`),
+ * The files `buildServer` reads at start (the secret when upload routes exist, `document_root`, `[tls]`),
  * checked without building a server: the cluster primary runs this before it forks, so a bad
  * secret or document root still stops Outrider with exit code 2 and one message.
  */
 export function checkStartFiles(config: Config): void {
   if (config.uploads.routes.length > 0) loadSecret(config.secretPath);
   if (config.documentRoot !== undefined) checkDocumentRoot(config.documentRoot);
+  if (config.tls !== undefined) loadTlsFiles(config.tls);
 }
