@@ -1,6 +1,7 @@
 import { type ClientRequest, request as httpRequest, type IncomingMessage, type RequestOptions } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { errors } from 'undici';
+import { headerValue } from './headers.js';
 import type { Exchange } from './exchange.js';
 import type { ForwardHandler } from './handler.js';
 import type { ContinueTarget } from './upstream.js';
@@ -33,7 +34,7 @@ export function forwardExpectingContinue(
 ): void {
   const { req } = exchange;
   const { origin } = target;
-  if (!declaresLength(headers)) headers.push('transfer-encoding', 'chunked');
+  if (headerValue(headers, 'content-length') === undefined) headers.push('transfer-encoding', 'chunked');
   headers.push('expect', '100-continue');
   const options: RequestOptions = {
     method: req.method as string,
@@ -101,11 +102,6 @@ export function forwardExpectingContinue(
   handler.onConnect((err) => creq.destroy(err ?? new Error('aborted')));
 }
 
-/** True when the list carries a Content-Length (else the body goes chunked). */
-function declaresLength(headers: readonly string[]): boolean {
-  for (let i = 0; i < headers.length; i += 2) if ((headers[i] as string).toLowerCase() === 'content-length') return true;
-  return false;
-}
 
 /** node:http's header strings (one byte per char) as the buffers undici's handler API reads. */
 function asBuffers(raw: readonly string[]): Buffer[] {

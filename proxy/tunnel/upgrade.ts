@@ -16,10 +16,8 @@ import {
 } from '../errors.js';
 import { connectionTokens, RESPONSE_STRIPPED, rawHeader } from '../forward/headers.js';
 import { requestHeaders } from '../forward/request-headers.js';
-import type { Metrics, TunnelCloseReason, TunnelTotals } from '../observe/metrics/catalogue.js';
+import type { Metrics, TunnelCloseReason } from '../observe/metrics/catalogue.js';
 import type { ErrorPages } from '../routes/error-pages.js';
-
-/** `max_tunnels` tunnels are open: refused before anything reaches the backend. */
 
 /** The connect timeout of the backend pool (forward/upstream.ts): a backend that accepts no connection in this long is down. */
 const CONNECT_TIMEOUT_MS = 30_000;
@@ -49,8 +47,6 @@ export interface TunnelsOptions {
 export interface Tunnels {
   /** The node:http server's `upgrade` listener. */
   upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void;
-  /** Tunnels open now. */
-  readonly open: number;
   /** Closes every open tunnel now, each logged with `reason` (`shutdown` once `shutdown_timeout` has run out). */
   closeAll(reason: 'shutdown'): void;
 }
@@ -65,20 +61,27 @@ export function createTunnels(opts: TunnelsOptions): Tunnels {
   const { config, log, metrics, pages } = opts;
   const backend = new URL(config.authBackend);
   const tls = backend.protocol === 'https:';
-  const connectTo = config.authSocket === undefined ? { host: backend.hostname, port: backend.port } : { socketPath: config.authSocket };
+  // An IPv6 literal comes from URL in brackets, which a lookup would not find.
+  const connectTo =
+    config.authSocket === undefined
+      ? { host: backend.hostname.replace(/^\[(.*)\]$/, '$1'), port: backend.port }
+      : { socketPath: config.authSocket };
   const send = tls ? httpsRequest : httpRequest;
   const { idleTimeoutMs, maxTunnels } = config.websocket;
   const open = new Set<Tunnel>();
   // Bytes of tunnels already closed; open ones are added at scrape time.
   const carried = { upstream: 0, downstream: 0 };
-  metrics?.readTunnels((): TunnelTotals => {
-    let { upstream, downstream } = carried;
-    for (const t of open) {
-      const b = t.bytes();
-      upstream += b.upstream;
-      downstream += b.downstream;
-    }
-    return { open: open.size, upstream, downstream };
+  metrics?.readTunnels({
+    open: () => open.size,
+    bytes() {
+      let { upstream, downstream } = carried;
+      for (const t of open) {
+        const b = t.bytes();
+        upstream += b.upstream;
+        downstream += b.downstream;
+      }
+      return { upstream, downstream };
+    },
   });
 
   function upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
@@ -154,7 +157,6 @@ export function createTunnels(opts: TunnelsOptions): Tunnels {
 
     const tunnel: Tunnel = {
       close(why) {
-        reason ??= why;
         finish(why);
         out?.destroy();
         upstream?.destroy();
@@ -392,12 +394,7 @@ export function createTunnels(opts: TunnelsOptions): Tunnels {
   }
 
   return {
-    upgrade(req, socket, head) {
-      upgrade(req, socket, head);
-    },
-    get open() {
-      return open.size;
-    },
+    upgrade,
     closeAll(reason) {
       for (const t of [...open]) t.close(reason);
     },

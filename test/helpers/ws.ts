@@ -19,6 +19,8 @@ export interface WsBackendOptions {
   refuse?: (req: IncomingMessage) => Refusal | undefined;
   /** Listen on this unix socket instead of 127.0.0.1:0. */
   socketPath?: string;
+  /** Listen on this loopback address (`::1` for IPv6) instead of 127.0.0.1. */
+  host?: string;
 }
 
 export interface WsBackend {
@@ -72,10 +74,11 @@ export async function startWsBackend(opts: WsBackendOptions = {}): Promise<WsBac
     rmSync(opts.socketPath, { force: true });
     await new Promise<void>((resolve) => server.listen(opts.socketPath, resolve));
   } else {
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    await new Promise<void>((resolve) => server.listen(0, opts.host ?? '127.0.0.1', resolve));
   }
   const address = server.address();
-  const url = typeof address === 'string' ? 'http://localhost' : `http://127.0.0.1:${(address as AddressInfo).port}`;
+  const host = opts.host?.includes(':') ? `[${opts.host}]` : (opts.host ?? '127.0.0.1');
+  const url = typeof address === 'string' ? 'http://localhost' : `http://${host}:${(address as AddressInfo).port}`;
   const close = () =>
     new Promise<void>((resolve) => {
       for (const ws of wss.clients) ws.terminate();

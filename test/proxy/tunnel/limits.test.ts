@@ -121,4 +121,14 @@ describe('tunnel limits and failures', () => {
     expect((await nextMessage(ws)).toString()).toBe('via unix');
     expect(backend.upgrades[0]?.url).toBe('/over-unix');
   });
+
+  it('reaches a backend at an IPv6 address', async () => {
+    const backend = await startWsBackend({ host: '::1' });
+    const proxy = await startProxy(backend.url);
+    const ws = await connect(`ws://127.0.0.1:${proxy.port}/cable`);
+    const reply = nextMessage(ws);
+    ws.send('over ipv6');
+    expect((await reply).toString()).toBe('over ipv6');
+    ws.close();
+  });
 });
