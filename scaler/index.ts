@@ -105,8 +105,6 @@ export interface Scaler {
   scale(req: ScaleRequest): Promise<ScaleOutcome>;
   readonly gate: Gate;
   readonly cache: ScaledCache;
-  /** The shared tier, when `[image_resizer.shared_cache]` is set. */
-  readonly shared: SharedCache | undefined;
 }
 
 /**
@@ -298,7 +296,6 @@ export function createScaler(opts: ScalerOptions, source: ImageSource, shared?: 
   return {
     gate,
     cache,
-    shared,
     async scale(req) {
       try {
         return await scale(req);

@@ -48,7 +48,6 @@ export interface SharedCache {
   lookup(key: string): Promise<SharedLookup>;
   /** Waits for the lease holder's result, polling; undefined when it is gone, slow, or Redis fails. */
   wait(key: string, signal: AbortSignal | undefined): Promise<CachedImage | undefined>;
-  readonly available: boolean;
   close(): Promise<void>;
 }
 
@@ -256,9 +255,6 @@ export function createSharedCache(opts: SharedCacheOptions, events: SharedCacheE
   };
 
   return {
-    get available() {
-      return !closed && client.status === 'ready' && !open;
-    },
     async lookup(key) {
       if (!admit()) {
         events.lookup('skipped');

@@ -1,9 +1,9 @@
 import { type ClientRequest, request as httpRequest, type IncomingMessage, type RequestOptions } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { errors } from 'undici';
-import { headerValue } from './headers.js';
 import type { Exchange } from './exchange.js';
 import type { ForwardHandler } from './handler.js';
+import { headerValue } from './headers.js';
 import type { ContinueTarget } from './upstream.js';
 
 /**
@@ -101,7 +101,6 @@ export function forwardExpectingContinue(
   });
   handler.onConnect((err) => creq.destroy(err ?? new Error('aborted')));
 }
-
 
 /** node:http's header strings (one byte per char) as the buffers undici's handler API reads. */
 function asBuffers(raw: readonly string[]): Buffer[] {

@@ -82,12 +82,11 @@ export function connectionTokens(value: string): string[] {
   return out;
 }
 
-export function withoutNamed(headers: string[], names: readonly string[] | ReadonlySet<string>): string[] {
-  const has = Array.isArray(names) ? (name: string) => names.includes(name) : (name: string) => (names as ReadonlySet<string>).has(name);
-  if ((Array.isArray(names) ? names.length : (names as ReadonlySet<string>).size) === 0) return headers;
+export function withoutNamed(headers: string[], names: readonly string[]): string[] {
+  if (names.length === 0) return headers;
   const out: string[] = [];
   for (let i = 0; i < headers.length; i += 2) {
-    if (!has((headers[i] as string).toLowerCase())) out.push(headers[i] as string, headers[i + 1] as string);
+    if (!names.includes((headers[i] as string).toLowerCase())) out.push(headers[i] as string, headers[i + 1] as string);
   }
   return out;
 }

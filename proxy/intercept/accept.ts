@@ -24,11 +24,18 @@ export function createFormatChooser(
   formats: readonly ModernFormat[],
 ): (accept: string | undefined, sourceType: string) => ModernFormat | undefined {
   if (formats.length === 0) return () => undefined;
-  const memo = new Map<string, ModernFormat | undefined>();
+  // By source type, then by Accept value: a lookup builds no key string.
+  const memos = new Map<string, Map<string, ModernFormat | undefined>>();
   return (accept, sourceType) => {
     if (accept === undefined || accept === '') return undefined;
-    const key = `${sourceType}\n${accept}`;
-    if (memo.has(key)) return memo.get(key);
+    let memo = memos.get(sourceType);
+    if (memo === undefined) {
+      if (memos.size >= MEMO_SIZE) memos.clear();
+      memo = new Map();
+      memos.set(sourceType, memo);
+    }
+    const known = memo.get(accept);
+    if (known !== undefined || memo.has(accept)) return known;
     const ranges = parseAccept(accept);
     const sourceWeight = weightOf(ranges, sourceType.toLowerCase(), true);
     let chosen: ModernFormat | undefined;
@@ -42,7 +49,7 @@ export function createFormatChooser(
       }
     }
     if (memo.size >= MEMO_SIZE) memo.clear();
-    memo.set(key, chosen);
+    memo.set(accept, chosen);
     return chosen;
   };
 }

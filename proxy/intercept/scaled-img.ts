@@ -4,7 +4,7 @@ import { decodeSendData, SCALED_IMG_PREFIX } from '../../protocol/send-data.js';
 import { type ModernFormat, parseDirective, type ScaleDirective, type ScaleOutcomeName, type Scaler } from '../../scaler/index.js';
 import { EdgeSourceUnavailable } from '../errors.js';
 import { sendBody } from '../forward/body.js';
-import { headerValue, rawHeader } from '../forward/headers.js';
+import { rawHeader, withoutNamed } from '../forward/headers.js';
 import { createDirectLine, type DirectLine, jsonString, msSince } from '../observe/log/direct-line.js';
 import type { Metrics } from '../observe/metrics/catalogue.js';
 import { createFormatChooser, varyWithAccept } from './accept.js';
@@ -13,7 +13,19 @@ import type { InterceptContext, Interceptor } from './types.js';
 const SAFE_TYPES = new Set(['image/png', 'image/jpeg']);
 
 /** The backend's headers that describe its own (empty) body, replaced by what Outrider sends. */
-const REPLACED = new Set(['content-length', 'content-type', 'last-modified', 'etag', 'content-range', 'accept-ranges']);
+const REPLACED = ['content-length', 'content-type', 'last-modified', 'etag', 'content-range', 'accept-ranges'];
+/** The same, and Vary, which a negotiated answer sends with Accept added. */
+const REPLACED_AND_VARY = [...REPLACED, 'vary'];
+
+/** Every Vary the backend sent, as one list. */
+function backendVary(headers: readonly string[]): string | undefined {
+  let vary: string | undefined;
+  for (let i = 0; i < headers.length; i += 2) {
+    if ((headers[i] as string).toLowerCase() === 'vary')
+      vary = vary === undefined ? (headers[i + 1] as string) : `${vary}, ${headers[i + 1]}`;
+  }
+  return vary;
+}
 
 /**
  * `send-scaled-img:{"Location","Width","ContentType"}` (Workhorse `internal/imageresizer`): the
@@ -56,6 +68,8 @@ export function createScaledImg(
       const negotiated = negotiates && !directive.keepFormat;
       // Chosen from the request's headers alone, before the original is opened.
       const format = negotiated ? chooseFormat(rawHeader(req, 'accept'), directive.contentType) : undefined;
+      // Every answer to a negotiated instruction, errors included, varies by Accept.
+      const vary = negotiated ? varyWithAccept(backendVary(head.headers)) : undefined;
       try {
         // The call's signal is made only if scaling or a fetch asks for it: never for a hit or a 304.
         const outcome = await scaler.scale({ directive, format, ifModifiedSince: rawHeader(req, 'if-modified-since'), client: ctx });
@@ -63,16 +77,8 @@ export function createScaledImg(
           if (outcome.outcome === 'served-original' && outcome.body instanceof Readable) outcome.body.destroy();
           return;
         }
-        const headers: string[] = [];
-        let vary: string | undefined;
-        for (let i = 0; i < head.headers.length; i += 2) {
-          const name = (head.headers[i] as string).toLowerCase();
-          if (REPLACED.has(name)) continue;
-          if (negotiated && name === 'vary')
-            vary = vary === undefined ? (head.headers[i + 1] as string) : `${vary}, ${head.headers[i + 1]}`;
-          else headers.push(head.headers[i] as string, head.headers[i + 1] as string);
-        }
-        if (negotiated) headers.push('Vary', varyWithAccept(vary));
+        const headers = withoutNamed(head.headers, vary === undefined ? REPLACED : REPLACED_AND_VARY);
+        if (vary !== undefined) headers.push('Vary', vary);
         if (outcome.lastModified !== undefined) headers.push('Last-Modified', outcome.lastModified);
         headers.push('X-Accel-Buffering', 'no');
         if (outcome.outcome === 'not-modified') {
@@ -119,7 +125,7 @@ export function createScaledImg(
             else {
               // The original failed before its first byte: nothing was sent, so the client is told.
               ctx.log.warn({ err: sent.err, subsystem: 'scaler' }, 'original image could not be read');
-              if (negotiated) res.setHeader('Vary', varyWithAccept(headerValue(head.headers, 'vary')));
+              if (vary !== undefined) res.setHeader('Vary', vary);
               ctx.fail(new EdgeSourceUnavailable());
             }
           }
@@ -130,7 +136,7 @@ export function createScaledImg(
         metrics?.imageResize(FAILED);
         // The scaler throws only ScaleError: an invalid directive (502 as invalid) or an unreadable source.
         // Its answer varies by Accept too, as every answer to a negotiated instruction does.
-        if (negotiated && !res.headersSent) res.setHeader('Vary', varyWithAccept(headerValue(head.headers, 'vary')));
+        if (vary !== undefined && !res.headersSent) res.setHeader('Vary', vary);
         ctx.fail(err);
       }
     },

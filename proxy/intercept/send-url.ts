@@ -141,7 +141,7 @@ export function createSendUrl(outbound: Outbound): Interceptor {
         );
       } catch (err) {
         if (!(goneAtFailure ?? ctx.clientGone)) {
-          const tooLarge = (err as { code?: string }).code === 'UND_ERR_RES_EXCEEDED_MAX_SIZE';
+          const tooLarge = errorCode(err) === 'UND_ERR_RES_EXCEEDED_MAX_SIZE';
           log.warn(
             { err, subsystem: 'send-url', url: redact(url), bytes, status: tooLarge ? 'too-large' : 'request-failed' },
             tooLarge ? 'send-url answer grew past [outbound] max_response_bytes: cut off' : 'send-url transfer cut off',

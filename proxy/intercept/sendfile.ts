@@ -11,10 +11,10 @@ import { detectContentType, MAX_DETECT_SIZE, withSafeContentHeaders } from './co
 import type { Interceptor, ResponseHead } from './types.js';
 
 /** Headers of the backend's own response that describe its (discarded) body, not the file. */
-const BODY_HEADERS = new Set(['content-length', 'content-range', 'accept-ranges', 'last-modified']);
+const BODY_HEADERS = ['content-length', 'content-range', 'accept-ranges', 'last-modified'];
 
 /** What a 304 leaves out besides those: it describes no body (RFC 9110 §15.4.5; Go's `writeNotModified`). */
-const NOT_MODIFIED_DROPS = new Set([...BODY_HEADERS, 'content-type', 'content-encoding']);
+const NOT_MODIFIED_DROPS = [...BODY_HEADERS, 'content-type', 'content-encoding'];
 
 /**
  * X-Sendfile (Workhorse `internal/sendfile`): a 200 carrying `X-Sendfile: <absolute path>` makes

@@ -48,14 +48,14 @@ const RESIZE_BUCKETS = [0.025, 0.05, 0.1, 0.2, 0.4, 0.8];
  * The namespace whose names are GitLab Workhorse's, byte for byte, so GitLab's dashboards and
  * alerts read Outrider as they read Workhorse.
  */
-export const WORKHORSE_NAMESPACE = 'gitlab_workhorse';
+const WORKHORSE_NAMESPACE = 'gitlab_workhorse';
 
 /**
  * prom-client's default metrics that `promtool check metrics` refuses: gauges named `_total`.
  * Each is the sum of the labelled gauge beside it (`sum without (type) (nodejs_active_handles)`),
  * so they are dropped, not renamed: nothing is lost and no made-up name appears.
  */
-export const DROPPED_DEFAULT_METRICS = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
+const DROPPED_DEFAULT_METRICS = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
 
 /**
  * The name of one of Workhorse's four counters that have no `_total` suffix (`senddata_responses`,
@@ -63,7 +63,7 @@ export const DROPPED_DEFAULT_METRICS = ['nodejs_active_handles_total', 'nodejs_a
  * and promtool asked for it). Under `gitlab_workhorse` they keep Workhorse's exact names; under
  * any other namespace they end in `_total`, as Prometheus' naming rules want of a counter.
  */
-export function workhorseCounterName(namespace: string, name: string): string {
+function workhorseCounterName(namespace: string, name: string): string {
   return namespace === WORKHORSE_NAMESPACE ? `${namespace}_${name}` : `${namespace}_${name}_total`;
 }
 
@@ -85,9 +85,9 @@ export interface MetricsOptions {
 }
 
 /** `image_shared_cache_requests_total{result}` values: what a lookup in the shared tier found. */
-export const SHARED_CACHE_RESULTS = ['hit', 'miss', 'error', 'skipped'] as const;
+const SHARED_CACHE_RESULTS = ['hit', 'miss', 'error', 'skipped'] as const;
 /** `image_shared_cache_lease_waits_total{result}` values: how a wait for another node's scaling ended. */
-export const LEASE_WAIT_RESULTS = ['filled', 'gone', 'timeout'] as const;
+const LEASE_WAIT_RESULTS = ['filled', 'gone', 'timeout'] as const;
 
 /**
  * `tunnels_closed_total{reason}` values. A tunnel (the backend answered 101) ends as `client` or
@@ -99,26 +99,16 @@ export const LEASE_WAIT_RESULTS = ['filled', 'gone', 'timeout'] as const;
  * backend could not be reached, did not answer in time, or switched to another protocol: 502,
  * 504) or `client` (the client left before the answer).
  */
-export const TUNNEL_CLOSE_REASONS = [
-  'client',
-  'backend',
-  'idle',
-  'error',
-  'shutdown',
-  'refused',
-  'rejected',
-  'declined',
-  'failed',
-] as const;
+const TUNNEL_CLOSE_REASONS = ['client', 'backend', 'idle', 'error', 'shutdown', 'refused', 'rejected', 'declined', 'failed'] as const;
 export type TunnelCloseReason = (typeof TUNNEL_CLOSE_REASONS)[number];
 
-/** What the tunnel families read at scrape time: tunnels open now, and bytes carried so far each way (open tunnels included). */
+/** Where the tunnel families are read at scrape time (the tunnels' owner). */
 export interface TunnelTotals {
-  open: number;
-  /** Client to backend, after the request head. */
-  upstream: number;
-  /** Backend to client, after the 101 head. */
-  downstream: number;
+  /** Tunnels open now: a count, no walk. */
+  open(): number;
+  /** Bytes carried so far, open tunnels included (walks them, once per scrape): client to backend
+   * after the request head, backend to client after the 101 head. */
+  bytes(): { upstream: number; downstream: number };
 }
 
 /**
@@ -156,7 +146,7 @@ export interface Metrics {
   /** An upgrade request ended: a tunnel closed, or a request that never became one. */
   tunnelClosed(reason: TunnelCloseReason): void;
   /** Where the open-tunnel gauge and the byte counters are read from at scrape time (the tunnels' owner). */
-  readTunnels(read: () => TunnelTotals): void;
+  readTunnels(source: TunnelTotals): void;
 }
 
 /** One request being measured, from `Metrics.begin` until its response closes. */
@@ -287,35 +277,31 @@ export function createMetrics(opts: MetricsOptions): Metrics {
   );
 
   // The shared tier's families exist only when it is configured; each counter starts at 0.
-  const shared = opts.sharedCache === true;
-  const sharedLookups = shared
-    ? register(
-        new CounterFamily(`${ns}_image_shared_cache_requests_total`, 'Lookups in the shared scaled-image cache (Redis) by result.', [
-          'result',
-        ]),
-      )
-    : undefined;
-  const sharedLookup = new Map(SHARED_CACHE_RESULTS.map((r) => [r, sharedLookups?.child(r)]));
-  const sharedWaits = shared
-    ? register(
-        new CounterFamily(
-          `${ns}_image_shared_cache_lease_waits_total`,
-          "Waits for another node's scaling of the same image (its lease), by how they ended.",
-          ['result'],
-        ),
-      )
-    : undefined;
-  const sharedWait = new Map(LEASE_WAIT_RESULTS.map((r) => [r, sharedWaits?.child(r)]));
-  const sharedBytes = shared
-    ? register(
-        new CounterFamily(`${ns}_image_shared_cache_bytes_total`, 'Scaled-image bytes read from or written to the shared cache.', [
-          'direction',
-        ]),
-      )
-    : undefined;
-  const sharedBytesBy = { read: sharedBytes?.child('read'), written: sharedBytes?.child('written') };
+  let sharedLookup = new Map<string, CounterChild>();
+  let sharedWait = new Map<string, CounterChild>();
+  let sharedBytesBy: Partial<Record<'read' | 'written', CounterChild>> = {};
   let sharedAvailable = 0;
-  if (shared) {
+  if (opts.sharedCache === true) {
+    const lookups = register(
+      new CounterFamily(`${ns}_image_shared_cache_requests_total`, 'Lookups in the shared scaled-image cache (Redis) by result.', [
+        'result',
+      ]),
+    );
+    sharedLookup = new Map(SHARED_CACHE_RESULTS.map((r) => [r, lookups.child(r)]));
+    const waits = register(
+      new CounterFamily(
+        `${ns}_image_shared_cache_lease_waits_total`,
+        "Waits for another node's scaling of the same image (its lease), by how they ended.",
+        ['result'],
+      ),
+    );
+    sharedWait = new Map(LEASE_WAIT_RESULTS.map((r) => [r, waits.child(r)]));
+    const bytes = register(
+      new CounterFamily(`${ns}_image_shared_cache_bytes_total`, 'Scaled-image bytes read from or written to the shared cache.', [
+        'direction',
+      ]),
+    );
+    sharedBytesBy = { read: bytes.child('read'), written: bytes.child('written') };
     new Gauge({
       name: `${ns}_image_shared_cache_available`,
       help: 'Processes whose shared cache is usable now (connected, circuit breaker closed).',
@@ -347,13 +333,13 @@ export function createMetrics(opts: MetricsOptions): Metrics {
     ),
   );
   const tunnelClosedBy = new Map(TUNNEL_CLOSE_REASONS.map((r) => [r, tunnelsClosed.child(r)]));
-  let readTunnels = (): TunnelTotals => ({ open: 0, upstream: 0, downstream: 0 });
+  let tunnels: TunnelTotals = { open: () => 0, bytes: () => ({ upstream: 0, downstream: 0 }) };
   new Gauge({
     name: `${ns}_tunnels_open`,
     help: 'Tunnels open now.',
     registers: [registry],
     collect() {
-      this.set(readTunnels().open);
+      this.set(tunnels.open());
     },
   });
   const tunnelBytes = register(
@@ -362,7 +348,7 @@ export function createMetrics(opts: MetricsOptions): Metrics {
       'Bytes carried by tunnels after the heads: upstream (client to backend) and downstream (backend to client), open tunnels included.',
       ['direction'],
       (family) => {
-        const totals = readTunnels();
+        const totals = tunnels.bytes();
         family.child('upstream').value = totals.upstream;
         family.child('downstream').value = totals.downstream;
       },
@@ -488,8 +474,8 @@ export function createMetrics(opts: MetricsOptions): Metrics {
     tunnelClosed(reason) {
       tunnelClosedBy.get(reason)?.inc();
     },
-    readTunnels(read) {
-      readTunnels = read;
+    readTunnels(source) {
+      tunnels = source;
     },
   };
 }
