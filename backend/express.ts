@@ -266,7 +266,9 @@ async function receive(
   const body = new Map<string, string[]>();
   for (const [name, value] of form ?? []) {
     if (taken.has(name) || typeof value !== 'string') continue;
-    body.set(name, [...(body.get(name) ?? []), value]);
+    const list = body.get(name);
+    if (list === undefined) body.set(name, [value]);
+    else list.push(value);
   }
   return {
     uploads,

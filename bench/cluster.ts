@@ -1,6 +1,5 @@
 import type { ChildProcess } from 'node:child_process';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -8,7 +7,18 @@ import autocannon from 'autocannon';
 import sharp from 'sharp';
 import { Pool } from 'undici';
 import { COPIES } from './images.js';
-import { cpuMs, freePort, median, type Proc, type RedisProc, removeOnExit, startEdge, startOrigin, startRedis } from './procs.js';
+import {
+  cpuMs,
+  freePort,
+  median,
+  type Proc,
+  type RedisProc,
+  removeOnExit,
+  spawnNginx,
+  startEdge,
+  startOrigin,
+  startRedis,
+} from './procs.js';
 
 /**
  * `npm run bench:cluster`: three Outrider processes behind nginx (round robin, upstream keep-alive),
@@ -89,20 +99,12 @@ async function stop(child: ChildProcess): Promise<void> {
  * passive health checks (`max_fails`/`fail_timeout`), one worker, access log buffered to /dev/null.
  */
 async function startBalancer(label: string, ports: number[]): Promise<Proc> {
-  const bin = ['/usr/sbin/nginx', '/usr/bin/nginx'].find((p) => existsSync(p));
-  if (bin === undefined) throw new Error('nginx is not installed: apt-get install -y nginx');
   const port = await freePort();
   const home = join(dir, `nginx-${label}`);
   mkdirSync(home);
-  const conf = `worker_processes 1;
-error_log stderr error;
-pid ${home}/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log /dev/null combined buffer=64k;
-  client_body_temp_path ${home}/body; proxy_temp_path ${home}/proxy;
-  fastcgi_temp_path ${home}/fcgi; uwsgi_temp_path ${home}/uwsgi; scgi_temp_path ${home}/scgi;
-  upstream outrider {
+  const child = spawnNginx(
+    home,
+    `  upstream outrider {
 ${ports.map((p) => `    server 127.0.0.1:${p} max_fails=3 fail_timeout=10s;`).join('\n')}
     keepalive 64;
   }
@@ -115,11 +117,8 @@ ${ports.map((p) => `    server 127.0.0.1:${p} max_fails=3 fail_timeout=10s;`).jo
       proxy_set_header Host $host;
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     }
-  }
-}
-`;
-  writeFileSync(join(home, 'nginx.conf'), conf);
-  const child = spawn(bin, ['-p', home, '-c', join(home, 'nginx.conf'), '-g', 'daemon off;'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  }`,
+  );
   children.push(child);
   for (let i = 0; i < 100 && child.exitCode === null; i++) {
     try {
@@ -255,11 +254,7 @@ async function loopLagMaxMs(c: Cluster): Promise<number[]> {
 }
 
 async function clusterCounters(c: Cluster): Promise<Record<string, number>> {
-  const sum: Record<string, number> = {};
-  for (const counters of await Promise.all(c.members.map(sharedCounters))) {
-    for (const [k, v] of Object.entries(counters)) sum[k] = (sum[k] ?? 0) + v;
-  }
-  return sum;
+  return sum(await Promise.all(c.members.map(sharedCounters)));
 }
 
 const minus = (a: Record<string, number>, b: Record<string, number>) =>

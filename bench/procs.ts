@@ -253,3 +253,28 @@ export const median = (xs: number[]): number => {
   const m = Math.floor(s.length / 2);
   return s.length % 2 === 1 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
 };
+
+/** Debian's nginx, when installed. */
+export const NGINX = ['/usr/sbin/nginx', '/usr/bin/nginx'].find((p) => existsSync(p));
+
+/**
+ * nginx with its prefix and temp paths in `home`: one worker, errors on stderr, the access log
+ * buffered to /dev/null, and `http` inside the http block (`head` before everything: modules).
+ */
+export function spawnNginx(home: string, http: string, head = ''): ChildProcess {
+  if (NGINX === undefined) throw new Error('nginx is not installed: apt-get install -y nginx');
+  const conf = `${head}
+worker_processes 1;
+error_log stderr error;
+pid ${home}/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log /dev/null combined buffer=64k;
+  client_body_temp_path ${home}/body; proxy_temp_path ${home}/proxy;
+  fastcgi_temp_path ${home}/fcgi; uwsgi_temp_path ${home}/uwsgi; scgi_temp_path ${home}/scgi;
+${http}
+}
+`;
+  writeFileSync(join(home, 'nginx.conf'), conf);
+  return spawn(NGINX, ['-p', home, '-c', join(home, 'nginx.conf'), '-g', 'daemon off;'], { stdio: ['ignore', 'ignore', 'inherit'] });
+}

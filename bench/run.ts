@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 import { render } from '../scaler/scale.js';
 import { avatarFiles, COPIES } from './images.js';
-import { cpuMs, freePort, median, type Proc, removeOnExit, startEdge, startOrigin, uploadBody } from './procs.js';
+import { cpuMs, freePort, median, NGINX, type Proc, removeOnExit, spawnNginx, startEdge, startOrigin, uploadBody } from './procs.js';
 import { type Scenario, scenarios } from './scenarios.js';
 
 /**
@@ -44,31 +44,21 @@ async function startBare(originPort: number): Promise<Proc> {
  * keep-alive, access log buffered to /dev/null. Skipped when nginx is not installed.
  */
 async function startNginx(originPort: number): Promise<Proc | undefined> {
-  const bin = ['/usr/sbin/nginx', '/usr/bin/nginx'].find((p) => existsSync(p));
-  if (bin === undefined) return undefined;
+  if (NGINX === undefined) return undefined;
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'outrider-bench-nginx-'));
   removeOnExit(dir);
   const imageFilter = ['/usr/lib/nginx/modules/ngx_http_image_filter_module.so'].find((p) => existsSync(p));
-  const conf = `${imageFilter === undefined ? '' : `load_module ${imageFilter};`}
-worker_processes 1;
-error_log stderr error;
-pid ${dir}/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log /dev/null combined buffer=64k;
-  client_body_temp_path ${dir}/body; proxy_temp_path ${dir}/proxy;
-  fastcgi_temp_path ${dir}/fcgi; uwsgi_temp_path ${dir}/uwsgi; scgi_temp_path ${dir}/scgi;
-  upstream origin { server 127.0.0.1:${originPort}; keepalive 64; }
+  const child = spawnNginx(
+    dir,
+    `  upstream origin { server 127.0.0.1:${originPort}; keepalive 64; }
   server {
     listen 127.0.0.1:${port};
     location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
     ${imageFilter === undefined ? '' : `location /nginx-scale/ { proxy_pass http://origin/static/; proxy_http_version 1.1; proxy_set_header Connection ""; image_filter resize 64 -; image_filter_buffer 2M; }`}
-  }
-}
-`;
-  writeFileSync(join(dir, 'nginx.conf'), conf);
-  const child = spawn(bin, ['-p', dir, '-c', join(dir, 'nginx.conf'), '-g', 'daemon off;'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  }`,
+    imageFilter === undefined ? '' : `load_module ${imageFilter};`,
+  );
   await new Promise((r) => setTimeout(r, 500));
   return { child, port };
 }

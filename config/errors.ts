@@ -42,7 +42,7 @@ function formatIssue(issue: z.core.$ZodIssue, ctx: IssueContext): string {
             issue.values.filter((v): v is string => typeof v === 'string'),
           )
         : undefined;
-    const fix = near === undefined ? quoteHint('string', value) : `did you mean "${near}"?`;
+    const fix = near === undefined ? quoteHint(value) : `did you mean "${near}"?`;
     return `  - ${where}: ${issue.message}, got ${describe(value)}${fix === undefined ? '' : ` — ${fix}`}`;
   }
   return `  - ${where}: ${issue.message}`;
@@ -81,7 +81,7 @@ function typeHint(expected: string, value: unknown, known: string | undefined, p
   if (expected === 'string' && known === DURATION && typeof value === 'number') {
     return `a duration needs a unit and quotes, such as "${value}s" or "${value}ms"`;
   }
-  if (expected === 'string') return quoteHint('string', value);
+  if (expected === 'string') return quoteHint(value);
   if ((expected === 'number' || expected === 'int') && typeof value === 'string' && /^[+-]?\d[\d_]*(\.\d+)?$/.test(value.trim())) {
     return 'remove the quotes';
   }
@@ -95,8 +95,9 @@ function typeHint(expected: string, value: unknown, known: string | undefined, p
   return undefined;
 }
 
-function quoteHint(expected: 'string', value: unknown): string | undefined {
-  if (expected === 'string' && (typeof value === 'number' || typeof value === 'boolean' || typeof value === 'bigint')) {
+/** A number or boolean written where a string was expected. */
+function quoteHint(value: unknown): string | undefined {
+  if (typeof value === 'number' || typeof value === 'boolean' || typeof value === 'bigint') {
     return 'put it in quotes';
   }
   return undefined;

@@ -71,11 +71,12 @@ export function createExampleBackend(options: ExampleBackendOptions): Server {
 function attachLive(server: Server): void {
   const live = new WebSocketServer({ server, path: '/live' });
   let tick = 0;
+  const message = () => JSON.stringify({ tick, clients: live.clients.size });
   const broadcast = () => {
-    const message = JSON.stringify({ tick, clients: live.clients.size });
-    for (const ws of live.clients) ws.send(message);
+    const text = message();
+    for (const ws of live.clients) ws.send(text);
   };
-  live.on('connection', (ws) => ws.send(JSON.stringify({ tick, clients: live.clients.size })));
+  live.on('connection', (ws) => ws.send(message()));
   const timer = setInterval(() => {
     tick++;
     broadcast();

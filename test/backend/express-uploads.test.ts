@@ -42,6 +42,12 @@ async function uploadApp() {
     record(req);
     res.status(201).json({ saved: req.uploads?.avatar?.name });
   });
+  // A route that takes small forms only: its fields past formLimit are a JSON 413.
+  app.post('/uploads/small/authorize', edge.authorizeUpload({ maximumSize: 100_000 }));
+  app.post('/uploads/small', edge.verifyUpload({ required: 'avatar', formLimit: 2048 }), (req, res) => {
+    record(req);
+    res.status(201).end();
+  });
   app.put(
     '/packages/:name/authorize',
     edge.authorizeUpload((req: express.Request) => ({ uploadHashFunctions: [String(req.query.hash) as 'md5'] })),
@@ -150,6 +156,15 @@ describe('requests that did not come through Outrider', () => {
     expect([res.statusCode, res.headers['content-type']]).toEqual([500, 'text/html; charset=utf-8']);
     expect(text).toMatch(/Error: a bug in a route<br> &nbsp; &nbsp;at /);
     await vi.waitFor(() => expect(logged).toHaveBeenCalledOnce());
+  });
+
+  it('a form larger than formLimit gets a JSON 413, through Outrider, and never reaches the route', async () => {
+    const { proxy, seen } = await uploadApp();
+    const form = new FormData();
+    form.append('avatar', new Blob([randomBytes(500)]), 'small.png');
+    form.append('bio', 'x'.repeat(5000));
+    await expectJsonRefusal(await request(`${proxy}/uploads/small`, { method: 'POST', body: form }), 413, 'EDGE_VERIFY_TOO_LARGE');
+    expect(seen).toEqual([]);
   });
 
   it('an unsigned upload sent straight to the app gets a JSON 400 and never reaches the route', async () => {

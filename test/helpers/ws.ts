@@ -157,11 +157,4 @@ export function openFds(): number {
   return readdirSync('/proc/self/fd').length;
 }
 
-/** Waits until `check` holds, polling every 10 ms, for at most `ms`. */
-export async function until(check: () => boolean, ms = 5_000, what = 'the condition'): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+export { until } from './wait.js';

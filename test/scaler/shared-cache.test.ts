@@ -13,6 +13,7 @@ import { type Backend, startBackend } from '../helpers/backend.js';
 import { photo } from '../helpers/images.js';
 import { scrape } from '../helpers/metrics.js';
 import { HAVE_REDIS, REDIS_CLI, REDIS_SERVER, startRedis, startSilentServer } from '../helpers/redis.js';
+import { until } from '../helpers/wait.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'outrider-shared-'));
 let source: string;
@@ -44,14 +45,6 @@ async function fetchWidth(url: string): Promise<{ status: number; width: number 
 const scalerOutcomes = (logs: Record<string, unknown>[]) => logs.filter((l) => l.subsystem === 'scaler').map((l) => l.outcome);
 const tierLines = (logs: Record<string, unknown>[], msg: string) => logs.filter((l) => l.subsystem === 'shared-cache' && l.msg === msg);
 
-async function until(check: () => boolean, what: string, ms = 5000): Promise<void> {
-  const deadline = performance.now() + ms;
-  while (!check()) {
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
-
 describe.skipIf(!HAVE_REDIS && process.env.CI !== 'true')(`the shared cache on a real Redis (${REDIS_SERVER})`, () => {
   it('serves a second Outrider from what the first stored, and counts hits, misses and bytes', async () => {
     const redis = await startRedis();
@@ -63,10 +56,11 @@ describe.skipIf(!HAVE_REDIS && process.env.CI !== 'true')(`the shared cache on a
     const b = await startProxy(backend.url, { toml, logs: bLogs });
     await until(
       () => tierLines(aLogs, 'shared cache available').length + tierLines(bLogs, 'shared cache available').length === 2,
+      5_000,
       'both connected',
     );
     expect((await fetchWidth(`${a.url}/x?w=64`)).width).toBe(64);
-    await until(() => Number(redis.cli('DBSIZE').trim()) === 1, 'the image stored in Redis');
+    await until(() => Number(redis.cli('DBSIZE').trim()) === 1, 5_000, 'the image stored in Redis');
     expect((await fetchWidth(`${b.url}/x?w=64`)).width).toBe(64);
     expect(scalerOutcomes(aLogs)).toEqual(['scaled']);
     expect(scalerOutcomes(bLogs)).toEqual(['shared-hit']);
@@ -84,7 +78,7 @@ describe.skipIf(!HAVE_REDIS && process.env.CI !== 'true')(`the shared cache on a
     const backend = await avatars();
     const logs: Record<string, unknown>[] = [];
     const proxy = await startProxy(backend.url, { toml: shared(redis.url), logs });
-    await until(() => tierLines(logs, 'shared cache available').length === 1, 'connected');
+    await until(() => tierLines(logs, 'shared cache available').length === 1, 5_000, 'connected');
     expect((await fetchWidth(`${proxy.url}/x?w=40`)).width).toBe(40);
     await redis.kill();
     // Redis is gone: every answer is still scaled, none waits on it.
@@ -93,12 +87,12 @@ describe.skipIf(!HAVE_REDIS && process.env.CI !== 'true')(`the shared cache on a
       expect(answer).toMatchObject({ status: 200, width: w });
       expect(answer.ms).toBeLessThan(1000);
     }
-    await until(() => tierLines(logs, 'shared cache unavailable').length > 0, 'the warning');
+    await until(() => tierLines(logs, 'shared cache unavailable').length > 0, 5_000, 'the warning');
     expect(tierLines(logs, 'shared cache unavailable')).toHaveLength(1);
     await redis.restart();
-    await until(() => tierLines(logs, 'shared cache available').length === 2, 'reconnected');
+    await until(() => tierLines(logs, 'shared cache available').length === 2, 5_000, 'reconnected');
     expect((await fetchWidth(`${proxy.url}/x?w=44`)).width).toBe(44);
-    await until(() => Number(redis.cli('DBSIZE').trim()) === 1, 'a new image stored after the restart');
+    await until(() => Number(redis.cli('DBSIZE').trim()) === 1, 5_000, 'a new image stored after the restart');
     expect(logs.filter((l) => (l.level as number) >= 50)).toEqual([]);
   });
 
@@ -107,7 +101,7 @@ describe.skipIf(!HAVE_REDIS && process.env.CI !== 'true')(`the shared cache on a
     const backend = await avatars();
     const logs: Record<string, unknown>[] = [];
     const proxy = await startProxy(backend.url, { toml: shared(silent.url), logs });
-    await until(() => silent.connections() > 0, 'a connection to the silent server');
+    await until(() => silent.connections() > 0, 5_000, 'a connection to the silent server');
     for (const w of [50, 51, 52, 53]) {
       const answer = await fetchWidth(`${proxy.url}/x?w=${w}`);
       expect(answer).toMatchObject({ status: 200, width: w });
@@ -123,7 +117,7 @@ describe.skipIf(!HAVE_REDIS && process.env.CI !== 'true')(`the shared cache on a
     const backend = await avatars();
     const logs: Record<string, unknown>[] = [];
     const proxy = await startProxy(backend.url, { toml: shared(redis.url, 'failure_threshold = 2\n'), logs });
-    await until(() => tierLines(logs, 'shared cache available').length === 1, 'connected');
+    await until(() => tierLines(logs, 'shared cache available').length === 1, 5_000, 'connected');
     const baseline = await fetchWidth(`${proxy.url}/x?w=60`);
     // Redis stops answering every client for two seconds (a stall, a slow disk, a failover).
     redis.cli('CLIENT', 'PAUSE', '2000', 'ALL');
@@ -134,9 +128,9 @@ describe.skipIf(!HAVE_REDIS && process.env.CI !== 'true')(`the shared cache on a
     expect(baseline.status).toBe(200);
     for (const a of during) expect(a.ms).toBeLessThan(1500);
     expect(tierLines(logs, 'shared cache unavailable')).toHaveLength(1);
-    await until(() => tierLines(logs, 'shared cache available').length === 2, 'available again', 8000);
+    await until(() => tierLines(logs, 'shared cache available').length === 2, 8000, 'available again');
     expect((await fetchWidth(`${proxy.url}/x?w=66`)).width).toBe(66);
-    await until(() => Number(redis.cli('DBSIZE').trim()) >= 2, 'images stored again', 8000);
+    await until(() => Number(redis.cli('DBSIZE').trim()) >= 2, 8000, 'images stored again');
     expect(tierLines(logs, 'shared cache unavailable')).toHaveLength(1);
   });
 
@@ -146,17 +140,47 @@ describe.skipIf(!HAVE_REDIS && process.env.CI !== 'true')(`the shared cache on a
     const logs: Record<string, unknown>[] = [];
     // One failure is not enough to open the breaker: the next request asks Redis again.
     const proxy = await startProxy(backend.url, { toml: shared(redis.url, 'failure_threshold = 5\n'), logs });
-    await until(() => tierLines(logs, 'shared cache available').length === 1, 'connected');
+    await until(() => tierLines(logs, 'shared cache available').length === 1, 5_000, 'connected');
     // Redis busy with a slow script for about half a second: the lookup times out, then runs.
     const busy = execFile(REDIS_CLI, ['-p', String(redis.port), 'EVAL', 'local i = 0 while i < 40000000 do i = i + 1 end return i', '0']);
     await sleep(50);
     expect((await fetchWidth(`${proxy.url}/x?w=90`)).width).toBe(90);
     await new Promise((r) => busy.once('exit', r));
-    await until(() => redis.cli('KEYS', '*lease').trim() === '', 'the late lease released', 2000);
+    await until(() => redis.cli('KEYS', '*lease').trim() === '', 2000, 'the late lease released');
     // The same image again: no lease left to wait for (lease_wait would be 2 s).
     const again = await fetchWidth(`${proxy.url}/x?w=90`);
     expect(again.width).toBe(90);
     expect(again.ms).toBeLessThan(1000);
+  });
+
+  it('scales on its own when the lease holder dies (its lease expires) or is slower than lease_wait', async () => {
+    const redis = await startRedis();
+    const backend = await avatars();
+    const logs: Record<string, unknown>[] = [];
+    const proxy = await startProxy(backend.url, {
+      toml: `prometheus_listen_addr = "127.0.0.1:0"\n${shared(redis.url, 'lease_wait = "400ms"\n')}`,
+      logs,
+    });
+    await until(() => tierLines(logs, 'shared cache available').length === 1, 5_000, 'connected');
+    expect((await fetchWidth(`${proxy.url}/x?w=97`)).width).toBe(97);
+    await until(() => Number(redis.cli('DBSIZE').trim()) === 1, 5_000, 'stored');
+    const key = redis.cli('KEYS', '*').trim();
+    // A holder that died: its lease (no image) runs out after 100 ms, well inside lease_wait.
+    redis.cli('DEL', key);
+    redis.cli('SET', `${key}:lease`, 'a node that died', 'PX', '100');
+    const afterDeath = await fetchWidth(`${proxy.url}/x?w=97`);
+    expect(afterDeath).toMatchObject({ status: 200, width: 97 });
+    // A holder slower than lease_wait: the request waits 400 ms, then scales itself.
+    redis.cli('DEL', key);
+    redis.cli('SET', `${key}:lease`, 'a slow node', 'PX', '30000');
+    const afterWait = await fetchWidth(`${proxy.url}/x?w=97`);
+    expect(afterWait).toMatchObject({ status: 200, width: 97 });
+    expect(afterWait.ms).toBeGreaterThanOrEqual(350);
+    expect(afterWait.ms).toBeLessThan(2000);
+    expect(scalerOutcomes(logs)).toEqual(['scaled', 'scaled', 'scaled']);
+    const metrics = await scrape(proxy.app);
+    expect(metrics.value('outrider_image_shared_cache_lease_waits_total', { result: 'gone' })).toBe(1);
+    expect(metrics.value('outrider_image_shared_cache_lease_waits_total', { result: 'timeout' })).toBe(1);
   });
 
   it('scales on its own, at once, when the key holds something it did not write', async () => {
@@ -168,10 +192,11 @@ describe.skipIf(!HAVE_REDIS && process.env.CI !== 'true')(`the shared cache on a
     const b = await startProxy(backend.url, { toml: shared(redis.url), logs: bLogs });
     await until(
       () => tierLines(aLogs, 'shared cache available').length + tierLines(bLogs, 'shared cache available').length === 2,
+      5_000,
       'connected',
     );
     expect((await fetchWidth(`${a.url}/x?w=96`)).width).toBe(96);
-    await until(() => Number(redis.cli('DBSIZE').trim()) === 1, 'stored');
+    await until(() => Number(redis.cli('DBSIZE').trim()) === 1, 5_000, 'stored');
     const key = redis.cli('KEYS', '*').trim();
     redis.cli('SET', key, 'not an image', 'KEEPTTL');
     const answer = await fetchWidth(`${b.url}/x?w=96`);
@@ -187,9 +212,9 @@ describe.skipIf(!HAVE_REDIS && process.env.CI !== 'true')(`the shared cache on a
     const backend = await avatars();
     const logs: Record<string, unknown>[] = [];
     const proxy = await startProxy(backend.url, { toml: shared(redis.url), logs });
-    await until(() => tierLines(logs, 'shared cache available').length === 1, 'connected');
+    await until(() => tierLines(logs, 'shared cache available').length === 1, 5_000, 'connected');
     for (const w of [70, 71, 72]) expect(await fetchWidth(`${proxy.url}/x?w=${w}`)).toMatchObject({ status: 200, width: w });
-    await until(() => tierLines(logs, 'shared cache call failed').length > 0, 'the error logged');
+    await until(() => tierLines(logs, 'shared cache call failed').length > 0, 5_000, 'the error logged');
     expect(tierLines(logs, 'shared cache call failed')).toHaveLength(1);
     expect(String((tierLines(logs, 'shared cache call failed')[0]?.err as { message?: string })?.message)).toMatch(/OOM/);
     expect(redis.cli('DBSIZE').trim()).toBe('0');

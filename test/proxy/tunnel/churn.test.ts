@@ -49,8 +49,10 @@ describe('tunnel churn', () => {
     // Each tunnel carried one small message each way, plus the close frames.
     expect(metrics.value('outrider_tunnel_bytes_total', { direction: 'upstream' })).toBeGreaterThan(TUNNELS * 6);
     expect(metrics.value('outrider_tunnel_bytes_total', { direction: 'downstream' })).toBeGreaterThan(TUNNELS * 4);
+    // promtool is what CI installs; a machine without it checks the rest (the promtool tests say so).
     const lint = promtoolCheck(metrics.text);
-    if (lint !== undefined) expect(lint.output.split('\n').filter((l) => /tunnel/.test(l))).toEqual([]);
+    if (lint === undefined) expect(process.env.CI, 'promtool is missing: apt-get install prometheus').not.toBe('true');
+    else expect(lint.output.split('\n').filter((l) => /tunnel/.test(l))).toEqual([]);
   }, 60_000);
 
   it('counts the bytes of a tunnel still open at scrape time, and the open gauge', async () => {
