@@ -43,6 +43,7 @@ export const EXPECTATIONS: Readonly<Record<string, string>> = {
   'tls.key': 'a string such as "/etc/outrider/tls/privkey.pem" (a file path)',
   'tls.min_version': 'the string "tls1.2" or "tls1.3"',
   'tls.max_version': 'the string "tls1.2" or "tls1.3"',
+  'tls.http2': 'true or false',
   'image_resizer.shared_cache': TABLE,
   'image_resizer.shared_cache.url': 'a string such as "redis://127.0.0.1:6379/0"',
   'image_resizer.shared_cache.key_prefix': 'a string such as "outrider:img:"',

@@ -194,6 +194,7 @@ const tls = z
     key: z.string({ error: 'expected the path of a PEM private key' }).min(1, { error: 'expected the path of a PEM private key' }),
     min_version: tlsVersion.default('tls1.2'),
     max_version: tlsVersion.default('tls1.3'),
+    http2: z.boolean({ error: 'expected true or false' }).default(true),
   })
   .refine((t) => t.min_version <= t.max_version, { path: ['min_version'], error: 'expected min_version at most max_version' });
 
@@ -412,6 +413,7 @@ export const configSchema = fileSchema.superRefine(checkListeners).transform((f)
           key: f.tls.key,
           minVersion: nodeTlsVersion(f.tls.min_version),
           maxVersion: nodeTlsVersion(f.tls.max_version),
+          http2: f.tls.http2,
         },
   websocket: {
     idleTimeoutMs: f.websocket.idle_timeout,

@@ -269,7 +269,7 @@ async function serve(config: Config, worker: WorkerSetup | undefined, missingFla
     const deadline = setTimeout(() => {
       logger.warn('shutdown timeout reached: closing the remaining connections');
       app.outrider.closeTunnels();
-      app.server.closeAllConnections();
+      app.outrider.closeAllConnections();
       exit(stopCode);
     }, config.shutdownTimeoutMs);
     deadline.unref();

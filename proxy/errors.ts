@@ -33,6 +33,8 @@ const EdgeOriginFailed = createError<[string, { cause: unknown }?]>('EDGE_ORIGIN
 export const EdgeShuttingDown = createError('EDGE_SHUTTING_DOWN', 'Service Unavailable: shutting down', 503);
 /** An upgrade (WebSocket…) beyond `[websocket] max_tunnels` open tunnels: refused before the backend sees it. */
 export const EdgeTunnelsFull = createError('EDGE_TUNNELS_FULL', 'Service Unavailable: too many open connections', 503);
+/** A CONNECT without `:protocol` (RFC 8441): Outrider is a reverse proxy, not a forward one. */
+export const EdgeConnectRefused = createError('EDGE_CONNECT_REFUSED', 'Method Not Allowed: CONNECT is not proxied', 405);
 export const EdgeBodyTimeout = createError('EDGE_BODY_TIMEOUT', 'Request Timeout: the request body stopped arriving', 408);
 export const EdgeInternal = createError('EDGE_INTERNAL', 'Internal Server Error', 500);
 export const EdgeStaticMissing = createError('EDGE_STATIC_MISSING', 'Not Found', 404);
@@ -152,7 +154,8 @@ export function writeError(res: ServerResponse, err: FastifyError, pages?: Error
       return;
     }
     const body = `${err.message}\n`;
-    res.writeHead(status, STATUS_CODES[status] ?? 'Error', {
+    // Node's own reason phrase (HTTP/2 has none: passing one there only earns a warning).
+    res.writeHead(status, {
       'content-type': 'text/plain; charset=utf-8',
       'content-length': Buffer.byteLength(body),
       'x-content-type-options': 'nosniff',

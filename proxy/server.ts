@@ -1,4 +1,5 @@
 import { createServer, type IncomingMessage, type RequestListener, type ServerResponse } from 'node:http';
+import { createSecureServer } from 'node:http2';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
@@ -11,6 +12,7 @@ export type { Config } from '../config/schema.js';
 
 import { createScaler, createSharedCache, type SharedCacheEvents } from '../scaler/index.js';
 import { onClientError } from './connection/client-errors.js';
+import { asHttp1, type Http2Sessions, isHttp2, trackSessions } from './connection/http2.js';
 import { createStallWatch } from './connection/stall-watch.js';
 import { setErrorHandler } from './errors.js';
 import { createForwarder } from './forward/forwarder.js';
@@ -33,6 +35,11 @@ import { VERSION } from './runtime/version.js';
 import { createTunnels } from './tunnel/upgrade.js';
 import { createUploads } from './upload/index.js';
 import { createObjectStorage } from './upload/store/index.js';
+
+/** How long an idle client connection is kept: HTTP/1.1 keep-alive, and an HTTP/2 session without streams. */
+const KEEP_ALIVE_MS = 75_000;
+/** Concurrent streams an HTTP/2 client may open on one connection (SETTINGS_MAX_CONCURRENT_STREAMS). */
+const MAX_STREAMS = 250;
 
 export interface BuildServerOptions {
   /** A pino logger to use instead of the one built from `log_level` (tests pass their own, or `false`). */
@@ -57,6 +64,8 @@ export interface OutriderControls {
   closeTunnels(): void;
   /** Reads `[tls]`'s files again for new connections (SIGHUP); throws a `ConfigError` and keeps the old pair when they are bad. */
   reloadTls(): 'reloaded' | 'no [tls] to reload';
+  /** Cuts every client connection still open, HTTP/1.1 and HTTP/2 alike: once `shutdown_timeout` has run out. */
+  closeAllConnections(): void;
 }
 
 declare module 'fastify' {
@@ -74,6 +83,8 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
 
   // Set once the routes are known; until then every request takes fastify's path.
   let fastPath: ((req: IncomingMessage, res: ServerResponse, awaitingContinue?: boolean) => boolean) | undefined;
+  // `[tls] http2`: the HTTP/2 sessions, for their idle limit and shutdown.
+  let sessions: Http2Sessions | undefined;
 
   // Clients that go silent mid-body or stop reading their answer (client_body_timeout, send_timeout).
   const stallWatch = createStallWatch({ bodyTimeoutMs: config.clientBodyTimeoutMs, sendTimeoutMs: config.sendTimeoutMs });
@@ -83,6 +94,41 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
       { subsystem: 'proxy', remoteAddress: socket.remoteAddress, path: res?.req?.url, timeoutMs: config.sendTimeoutMs },
       'send timeout: the client stopped reading',
     );
+  };
+
+  /**
+   * The listener's server: plain HTTP/1.1; with `[tls]` the same over TLS; and with `[tls] http2`
+   * (the default) Node's HTTP/2 server, which serves HTTP/1.1 too (`allowHTTP1`): ALPN offers
+   * `h2` and `http/1.1`, and an HTTP/1.1 connection gets the very same node:http machinery.
+   */
+  const listenerServer = (listener: RequestListener) => {
+    if (tlsFiles === undefined) return createServer(listener);
+    if (!config.tls?.http2) return createHttpsServer({ ...tlsFiles, ALPNProtocols: ['http/1.1'] }, listener);
+    const server = createSecureServer(
+      {
+        ...tlsFiles,
+        allowHTTP1: true,
+        // Streams at once per connection: Go's server default (Workhorse's), where Node's is unbounded.
+        // RFC 8441's extended CONNECT carries WebSocket over an HTTP/2 stream.
+        settings: { maxConcurrentStreams: MAX_STREAMS, enableConnectProtocol: true },
+        // Header fields per request, as many as node:http takes over HTTP/1.1 (Node's HTTP/2 default is 128).
+        maxHeaderListPairs: 2000,
+      },
+      (req, res) => {
+        if (isHttp2(req as unknown as IncomingMessage)) asHttp1(req as unknown as IncomingMessage);
+        listener(req as unknown as IncomingMessage, res as unknown as ServerResponse);
+      },
+    );
+    sessions = trackSessions(server, KEEP_ALIVE_MS);
+    // HTTP/2 streams with CONNECT come here with a request and response; HTTP/1.1 CONNECT with a
+    // socket, closed as a plain HTTP/1.1 server closes it (Outrider is no forward proxy).
+    server.on('connect', (req: IncomingMessage, res: ServerResponse | Socket) => {
+      if (!isHttp2(req)) return void (res as Socket).destroy();
+      const protocol = req.headers[':protocol'];
+      asHttp1(req);
+      tunnels.extendedConnect(req, res as ServerResponse, typeof protocol === 'string' ? protocol : undefined);
+    });
+    return server as unknown as HttpsServer;
   };
 
   const app = Fastify({
@@ -99,21 +145,23 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
       const listener: RequestListener = (req, res) => {
         if (fastPath === undefined || !fastPath(req, res)) handler(req, res);
       };
-      // `[tls]`: the same HTTP/1.1 server over TLS (an https.Server is an http.Server on TLS sockets).
-      const server =
-        tlsFiles === undefined ? createServer(listener) : createHttpsServer({ ...tlsFiles, ALPNProtocols: ['http/1.1'] }, listener);
+      const server = listenerServer(listener);
       // `Expect: 100-continue`: Node sends no 100 of its own; whoever wants the body asks for it
       // (the backend's 100, relayed, or the upload stage once authorized: forward/continue.ts).
       server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+        if (isHttp2(req)) asHttp1(req);
         if (fastPath?.(req, res, true)) return;
         res.writeContinue();
         handler(req, res);
       });
-      // The stall watch follows the socket HTTP is parsed from: the TLS one when there is TLS.
-      server.on(tlsFiles === undefined ? 'connection' : 'secureConnection', (socket: Socket) => stallWatch.connection(socket, onSendStall));
+      // The stall watch follows the socket HTTP/1.1 is parsed from: the TLS one when there is TLS.
+      // An HTTP/2 connection's bytes belong to all its streams; HTTP/2 flow control paces each.
+      server.on(tlsFiles === undefined ? 'connection' : 'secureConnection', (socket: Socket & { alpnProtocol?: string | false }) => {
+        if (socket.alpnProtocol !== 'h2') stallWatch.connection(socket, onSendStall);
+      });
       // Upgrade requests (WebSocket…) only: Node hands every other request to the listener above.
       server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => tunnels.upgrade(req, socket, head));
-      server.keepAliveTimeout = 75_000;
+      server.keepAliveTimeout = KEEP_ALIVE_MS;
       // Uploads and downloads may take as long as they take: no whole-request deadline.
       server.requestTimeout = 0;
       return server;
@@ -149,6 +197,8 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     const sweep = setInterval(() => app.server.closeIdleConnections(), 50);
     sweep.unref();
     app.server.once('close', () => clearInterval(sweep));
+    // HTTP/2 sessions are told GOAWAY: their open streams finish, new ones go elsewhere.
+    sessions?.closeAll();
     done();
   });
   app.addHook('onClose', async () => {
@@ -228,6 +278,10 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
       const files = loadTlsFiles(config.tls);
       (app.server as HttpsServer).setSecureContext(files);
       return 'reloaded';
+    },
+    closeAllConnections: () => {
+      app.server.closeAllConnections();
+      sessions?.destroyAll();
     },
   } satisfies OutriderControls);
 

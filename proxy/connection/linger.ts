@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { constants, type Http2ServerResponse } from 'node:http2';
 import type { Socket } from 'node:net';
 
 /** How long a connection answered before its request body arrived is kept reading after the answer. */
@@ -30,6 +31,10 @@ export function bodyUnread(req: IncomingMessage): boolean {
  * this swaps that call, for this socket only, for the lingering close.
  */
 export function closeAfterAnswer(res: ServerResponse): void {
+  if (res.req?.httpVersionMajor === 2) {
+    closeStreamAfterAnswer(res);
+    return;
+  }
   res.shouldKeepAlive = false;
   const socket = res.socket;
   if (socket === null || lingering.has(socket) || socket.destroyed) return;
@@ -52,4 +57,24 @@ function lingeringClose(this: Socket): void {
   // The client's FIN: it has stopped sending, nothing more can be lost.
   this.once('end', () => this.destroy());
   this.resume();
+}
+
+/**
+ * HTTP/2: a stream is not a connection, and nothing else on the connection is lost. Once the
+ * answer is written, the client is asked to stop sending the rest of its body with RST_STREAM
+ * NO_ERROR (RFC 9113 §8.1); without it the stream would stay half open, waiting for a body the
+ * client may hold back for a 100 it will not get.
+ */
+const closing = new WeakSet<object>();
+function closeStreamAfterAnswer(res: ServerResponse): void {
+  const stream = (res as unknown as Http2ServerResponse).stream;
+  if (stream === undefined || closing.has(stream)) return;
+  closing.add(stream);
+  // The stream's own 'finish' (its side written out): Node's response emits its 'finish' only once
+  // the stream has closed, which is what is waited for here.
+  const reset = () => {
+    if (!stream.closed && !stream.destroyed) stream.close(constants.NGHTTP2_NO_ERROR);
+  };
+  if (stream.writableFinished) reset();
+  else stream.once('finish', reset);
 }

@@ -1,4 +1,5 @@
 import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http';
+import type { Http2ServerResponse } from 'node:http2';
 import { readHead } from './response-head.js';
 
 /** Node's own writer of 1xx heads (`writeContinue`, `writeProcessing` and `writeEarlyHints` all call it). */
@@ -28,7 +29,9 @@ export function writeInformational(
   raw: Buffer[],
   statusMessage: string,
 ): boolean {
-  if (req.httpVersionMajor !== 1 || req.httpVersionMinor < 1 || res.headersSent || res.destroyed) return false;
+  if (res.headersSent || res.destroyed) return false;
+  if (req.httpVersionMajor === 2) return writeHttp2Informational(res, statusCode, raw);
+  if (req.httpVersionMajor !== 1 || req.httpVersionMinor < 1) return false;
   const write = (res as RawWriter)._writeRaw;
   if (typeof write !== 'function') return false;
   const reason = statusMessage !== '' && VALID_REASON.test(statusMessage) ? statusMessage : (STATUS_CODES[statusCode] ?? 'Informational');
@@ -37,4 +40,25 @@ export function writeInformational(
   for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
   write.call(res, `${head}\r\n`, 'latin1');
   return true;
+}
+
+/** Over HTTP/2 a 1xx is a HEADERS frame of its own ahead of the answer's (RFC 9113 §8.1), with no reason phrase. */
+function writeHttp2Informational(res: ServerResponse, statusCode: number, raw: Buffer[]): boolean {
+  const stream = (res as unknown as Http2ServerResponse).stream;
+  if (stream === undefined || stream.destroyed || stream.headersSent) return false;
+  const { headers } = readHead(statusCode, raw, '');
+  const block: Record<string, string | string[] | number> = { ':status': statusCode };
+  for (let i = 0; i < headers.length; i += 2) {
+    const name = (headers[i] as string).toLowerCase();
+    const value = headers[i + 1] as string;
+    const had = block[name];
+    block[name] = had === undefined ? value : Array.isArray(had) ? [...had, value] : [String(had), value];
+  }
+  try {
+    stream.additionalHeaders(block);
+    return true;
+  } catch {
+    // A header HTTP/2 cannot carry: the hint is dropped, the answer still comes.
+    return false;
+  }
 }

@@ -1,6 +1,6 @@
 import { readdirSync, readFileSync, type Stats, statSync } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
-import { type ServerResponse, STATUS_CODES } from 'node:http';
+import type { ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import type { FastifyBaseLogger } from 'fastify';
 import type { ResponseHead } from '../intercept/types.js';
@@ -146,6 +146,6 @@ export function writeErrorPage(res: ServerResponse, status: number, page: Buffer
     if (!REPLACED.has((headers[i] as string).toLowerCase())) out.push(headers[i] as string, headers[i + 1] as string);
   }
   out.push('Content-Type', 'text/html; charset=utf-8', 'Content-Length', String(page.length), ...NO_CACHE);
-  res.writeHead(status, STATUS_CODES[status] ?? 'Error', out);
+  res.writeHead(status, out);
   res.end(page);
 }

@@ -2,8 +2,6 @@ import { type ClientRequest, request as httpRequest, type IncomingMessage, Serve
 import { request as httpsRequest } from 'node:https';
 import type { Socket } from 'node:net';
 import type { FastifyError } from '@fastify/error';
-import type { FastifyBaseLogger } from 'fastify';
-import type { Config } from '../../config/schema.js';
 import { closeAfterAnswer, LINGER_MS } from '../connection/linger.js';
 import {
   EdgeRequestInvalid,
@@ -14,27 +12,16 @@ import {
   toEdgeError,
   writeError,
 } from '../errors.js';
-import { connectionTokens, RESPONSE_STRIPPED, rawHeader } from '../forward/headers.js';
+import { rawHeader } from '../forward/headers.js';
 import { requestHeaders } from '../forward/request-headers.js';
-import type { Metrics, TunnelCloseReason } from '../observe/metrics/catalogue.js';
-import type { ErrorPages } from '../routes/error-pages.js';
+import type { TunnelCloseReason } from '../observe/metrics/catalogue.js';
+import { extendedConnect } from './extended-connect.js';
+import { backendTimers, logTunnel, responseHeaders, type Tunnel, type TunnelContext, type TunnelsOptions } from './shared.js';
 
-/** The connect timeout of the backend pool (forward/upstream.ts): a backend that accepts no connection in this long is down. */
-const CONNECT_TIMEOUT_MS = 30_000;
 /** Client bytes read and held while the backend has not answered (a client that speaks first); reading stops beyond this. */
 const EARLY_BYTES = 64 * 1024;
 /** Resets are a peer going away, not a fault of the tunnel. */
 const PEER_GONE = new Set(['ECONNRESET', 'EPIPE', 'ECONNABORTED', 'ERR_STREAM_PREMATURE_CLOSE']);
-
-export interface TunnelsOptions {
-  config: Pick<Config, 'authBackend' | 'authSocket' | 'proxyHeadersTimeoutMs' | 'websocket'>;
-  version: string;
-  genReqId: (req: IncomingMessage) => string;
-  log: FastifyBaseLogger;
-  metrics: Metrics | undefined;
-  isClosing: () => boolean;
-  pages?: ErrorPages;
-}
 
 /**
  * Upgrade tunnelling: a request asking to switch protocols (`Connection: upgrade` with `Upgrade:
@@ -47,14 +34,14 @@ export interface TunnelsOptions {
 export interface Tunnels {
   /** The node:http server's `upgrade` listener. */
   upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void;
+  /**
+   * An HTTP/2 stream's CONNECT (the server's `connect` listener): RFC 8441's extended CONNECT with
+   * `:protocol` (WebSocket over HTTP/2) is tunnelled as an HTTP/1.1 upgrade (`extended-connect.ts`);
+   * a plain CONNECT is refused with 405. `protocol` is the `:protocol` pseudo-header.
+   */
+  extendedConnect(req: IncomingMessage, res: ServerResponse, protocol: string | undefined): void;
   /** Closes every open tunnel now, each logged with `reason` (`shutdown` once `shutdown_timeout` has run out). */
   closeAll(reason: 'shutdown'): void;
-}
-
-/** One upgrade request, from the `upgrade` event until both its connections are closed. */
-interface Tunnel {
-  close(reason: TunnelCloseReason): void;
-  bytes(): { upstream: number; downstream: number };
 }
 
 export function createTunnels(opts: TunnelsOptions): Tunnels {
@@ -69,8 +56,8 @@ export function createTunnels(opts: TunnelsOptions): Tunnels {
   const send = tls ? httpsRequest : httpRequest;
   const { idleTimeoutMs, maxTunnels } = config.websocket;
   const open = new Set<Tunnel>();
-  // Bytes of tunnels already closed; open ones are added at scrape time.
   const carried = { upstream: 0, downstream: 0 };
+  const context: TunnelContext = { opts, send, connectTo, servername: tls ? backend.hostname : undefined, open, carried };
   metrics?.readTunnels({
     open: () => open.size,
     bytes() {
@@ -99,8 +86,7 @@ export function createTunnels(opts: TunnelsOptions): Tunnels {
     let failure: unknown;
     let out: ClientRequest | undefined;
     let upstream: Socket | undefined;
-    let connectTimer: NodeJS.Timeout | undefined;
-    let headTimer: NodeJS.Timeout | undefined;
+    let timers: ReturnType<typeof backendTimers> | undefined;
     // What the client sent past its request head (and its body, if it had one) before the 101.
     const early: Buffer[] = [];
     let earlyBytes = 0;
@@ -126,8 +112,7 @@ export function createTunnels(opts: TunnelsOptions): Tunnels {
       done = true;
       settled = true;
       reason ??= why;
-      clearTimeout(connectTimer);
-      clearTimeout(headTimer);
+      timers?.clear();
       clearTimeout(lingerTimer);
       const b = bytes();
       if (opened) {
@@ -151,8 +136,7 @@ export function createTunnels(opts: TunnelsOptions): Tunnels {
         remoteAddress: peer,
         ...(code === undefined ? {} : { error: code }),
       };
-      if (reason === 'error' || reason === 'failed') log.warn(fields, 'tunnel closed');
-      else log.info(fields, 'tunnel closed');
+      logTunnel(log, fields);
     };
 
     const tunnel: Tunnel = {
@@ -269,19 +253,14 @@ export function createTunnels(opts: TunnelsOptions): Tunnels {
         headers: headers.list,
         setHost: false,
         agent: false,
-        ...(tls ? { servername: backend.hostname } : {}),
+        ...(context.servername === undefined ? {} : { servername: context.servername }),
       });
     } catch (err) {
       answer(new EdgeRequestInvalid('the request cannot be forwarded', { cause: err }), 'rejected');
       return;
     }
     out = request;
-    const fail = (code: string, message: string) => request.destroy(Object.assign(new Error(message), { code }));
-    connectTimer = setTimeout(() => fail('UND_ERR_CONNECT_TIMEOUT', 'connect timeout'), CONNECT_TIMEOUT_MS);
-    headTimer = setTimeout(() => fail('UND_ERR_HEADERS_TIMEOUT', 'headers timeout'), config.proxyHeadersTimeoutMs);
-    request.on('socket', (s: Socket) => {
-      s.once(tls ? 'secureConnect' : 'connect', () => clearTimeout(connectTimer));
-    });
+    timers = backendTimers(request, tls, config.proxyHeadersTimeoutMs);
     request.on('error', (err: Error) => {
       if (settled) return;
       failure = err;
@@ -297,7 +276,7 @@ export function createTunnels(opts: TunnelsOptions): Tunnels {
 
     request.on('response', (res: IncomingMessage) => {
       // Not switched: the answer goes to the client as it came, then the connection closes.
-      clearTimeout(headTimer);
+      timers?.headArrived();
       if (settled) return void res.destroy();
       status = res.statusCode ?? 502;
       reason = 'declined';
@@ -323,7 +302,7 @@ export function createTunnels(opts: TunnelsOptions): Tunnels {
     });
 
     request.on('upgrade', (res: IncomingMessage, backendSocket: Socket, backendHead: Buffer) => {
-      clearTimeout(headTimer);
+      timers?.headArrived();
       if (settled) return void backendSocket.destroy();
       const switched = rawHeader(res, 'upgrade') ?? '';
       const asked = protocol.split(',').map((t) => t.trim().toLowerCase());
@@ -395,24 +374,11 @@ export function createTunnels(opts: TunnelsOptions): Tunnels {
 
   return {
     upgrade,
+    extendedConnect: (req, res, protocol) => extendedConnect(context, req, res, protocol),
     closeAll(reason) {
       for (const t of [...open]) t.close(reason);
     },
   };
-}
-
-/** The backend's response headers for the client: hop-by-hop ones, those its Connection names and Outrider's instructions removed. */
-function responseHeaders(raw: readonly string[]): string[] {
-  const named: string[] = [];
-  for (let i = 0; i < raw.length; i += 2) {
-    if ((raw[i] as string).toLowerCase() === 'connection') named.push(...connectionTokens(raw[i + 1] as string));
-  }
-  const out: string[] = [];
-  for (let i = 0; i < raw.length; i += 2) {
-    const lower = (raw[i] as string).toLowerCase();
-    if (!RESPONSE_STRIPPED.has(lower) && !named.includes(lower)) out.push(raw[i] as string, raw[i + 1] as string);
-  }
-  return out;
 }
 
 /** The 101 head for the client: the backend's headers (as for any answer), then `Connection: Upgrade` and the protocol switched to. */

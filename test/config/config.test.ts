@@ -99,6 +99,7 @@ describe('configuration', () => {
       'certificate',
       'min_version',
       'max_version',
+      'http2',
       'max_width',
       'limit_input_pixels',
       'cache_max_bytes',

@@ -466,7 +466,7 @@ export function createMetrics(opts: MetricsOptions): Metrics {
     upload(outcome, req) {
       const counters = uploads.get(outcome);
       counters?.requests.inc();
-      counters?.bytes.inc(bytesReadFor(req.socket as Socket | null, marks));
+      counters?.bytes.inc(req.httpVersionMajor === 2 ? 0 : bytesReadFor(req.socket as Socket | null, marks));
     },
     tunnelOpened() {
       tunnelsOpened.inc();
@@ -515,7 +515,8 @@ class RequestMeasure implements Measure {
   ) {
     this.res = res;
     this.routeLabel = route;
-    this.socket = req.socket as Socket | null;
+    // An HTTP/2 connection's counters are shared by its streams: they measure no one request.
+    this.socket = req.httpVersionMajor === 2 ? null : (req.socket as Socket | null);
     this.routeLabels = routeLabels;
     res.on('close', () => finish(this));
   }

@@ -1,6 +1,5 @@
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { copyFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import { Agent, Client, request } from 'undici';
@@ -9,41 +8,8 @@ import { WebSocket } from 'ws';
 import { buildProxy } from '../../helpers/app.js';
 import { startBackend } from '../../helpers/backend.js';
 import { CLI, configFile, startCli } from '../../helpers/cli.js';
+import { certificate, tlsDir as dir } from '../../helpers/tls.js';
 import { startWsBackend } from '../../helpers/ws.js';
-
-/**
- * Certificates made by the suite with Debian's openssl (a self-signed one per name), so a client
- * can tell which one a connection got.
- */
-const dir = mkdtempSync(join(tmpdir(), 'outrider-tls-'));
-function certificate(name: string): { cert: string; key: string } {
-  const cert = join(dir, `${name}.crt`);
-  const key = join(dir, `${name}.key`);
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:prime256v1',
-      '-nodes',
-      '-days',
-      '2',
-      '-subj',
-      `/CN=${name}`,
-      '-addext',
-      'subjectAltName=IP:127.0.0.1',
-      '-keyout',
-      key,
-      '-out',
-      cert,
-    ],
-    { stdio: 'ignore' },
-  );
-  return { cert, key };
-}
 
 /** The common name of the certificate a new TLS connection to `port` is given. */
 function servedName(port: number): Promise<string> {
