@@ -258,13 +258,14 @@ export const median = (xs: number[]): number => {
 export const NGINX = ['/usr/sbin/nginx', '/usr/bin/nginx'].find((p) => existsSync(p));
 
 /**
- * nginx with its prefix and temp paths in `home`: one worker, errors on stderr, the access log
- * buffered to /dev/null, and `http` inside the http block (`head` before everything: modules).
+ * nginx with its prefix and temp paths in `home`: one worker (or `workers`: "auto" is one per
+ * CPU), errors on stderr, the access log buffered to /dev/null, and `http` inside the http block
+ * (`head` before everything: modules).
  */
-export function spawnNginx(home: string, http: string, head = ''): ChildProcess {
+export function spawnNginx(home: string, http: string, head = '', workers: number | 'auto' = 1): ChildProcess {
   if (NGINX === undefined) throw new Error('nginx is not installed: apt-get install -y nginx');
   const conf = `${head}
-worker_processes 1;
+worker_processes ${workers};
 error_log stderr error;
 pid ${home}/nginx.pid;
 events { worker_connections 4096; }

@@ -40,10 +40,11 @@ async function startBare(originPort: number): Promise<Proc> {
 }
 
 /**
- * nginx as a reverse proxy, the bar to reach: one worker (Outrider is one process too), upstream
- * keep-alive, access log buffered to /dev/null. Skipped when nginx is not installed.
+ * nginx as a reverse proxy, the bar to reach: one worker (Outrider is one process too; `workers`
+ * "auto" for `worker_processes auto`), upstream keep-alive, access log buffered to /dev/null.
+ * Skipped when nginx is not installed.
  */
-async function startNginx(originPort: number): Promise<Proc | undefined> {
+async function startNginx(originPort: number, workers: number | 'auto' = 1): Promise<Proc | undefined> {
   if (NGINX === undefined) return undefined;
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'outrider-bench-nginx-'));
@@ -58,6 +59,7 @@ async function startNginx(originPort: number): Promise<Proc | undefined> {
     ${imageFilter === undefined ? '' : `location /nginx-scale/ { proxy_pass http://origin/static/; proxy_http_version 1.1; proxy_set_header Connection ""; image_filter resize 64 -; image_filter_buffer 2M; }`}
   }`,
     imageFilter === undefined ? '' : `load_module ${imageFilter};`,
+    workers,
   );
   await new Promise((r) => setTimeout(r, 500));
   return { child, port };
@@ -172,8 +174,20 @@ async function main(): Promise<void> {
   children.push(bare.child);
   const nginx = await startNginx(origin.port);
   if (nginx !== undefined) children.push(nginx.child);
-  const available = (s: Scenario) => (s.target !== 'nginx' || nginx !== undefined) && (s.target !== 'edge-b' || edgeB !== undefined);
-  const selected = scenarios.filter((s) => (only === undefined || only.includes(s.name)) && available(s));
+  // One process per CPU on both sides, started only when a scenario of theirs is named.
+  const named = (target: Scenario['target']) => scenarios.some((s) => s.target === target && only?.includes(s.name) === true);
+  const edgeAuto = named('edge-auto')
+    ? await start('auto', `workers = "auto"\n${process.env.BENCH_EDGE_CONFIG ?? ''}`, process.env.BENCH_EDGE_NODE_ARGS, false)
+    : undefined;
+  if (edgeAuto !== undefined) children.push(edgeAuto.child);
+  const nginxAuto = named('nginx-auto') ? await startNginx(origin.port, 'auto') : undefined;
+  if (nginxAuto !== undefined) children.push(nginxAuto.child);
+  const available = (s: Scenario) =>
+    (s.target !== 'nginx' || nginx !== undefined) &&
+    (s.target !== 'edge-b' || edgeB !== undefined) &&
+    (s.target !== 'edge-auto' || edgeAuto !== undefined) &&
+    (s.target !== 'nginx-auto' || nginxAuto !== undefined);
+  const selected = scenarios.filter((s) => (only === undefined ? s.optIn !== true : only.includes(s.name)) && available(s));
   const procs: Procs = {
     direct: { port: origin.port, pid: origin.child.pid },
     edge: { port: edge.port, pid: edge.child.pid },
@@ -181,6 +195,8 @@ async function main(): Promise<void> {
     'edge-b': { port: edgeB?.port ?? 0, pid: edgeB?.child.pid },
     bare: { port: bare.port, pid: bare.child.pid },
     nginx: { port: nginx?.port ?? 0, pid: nginx?.child.pid },
+    'edge-auto': { port: edgeAuto?.port ?? 0, pid: edgeAuto?.child.pid },
+    'nginx-auto': { port: nginxAuto?.port ?? 0, pid: nginxAuto?.child.pid },
   };
   const samples = new Map<string, Sample[]>();
   const ratios = new Map<string, number[]>();

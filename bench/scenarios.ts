@@ -6,8 +6,10 @@ export interface Scenario {
    * (every scale request runs sharp), `edge-warm` through one with the default cache (`edge-b`: a second Outrider with
    * BENCH_B_CONFIG / BENCH_B_NODE_ARGS / BENCH_B_NODE and the default cache, when set); `bare` through the bare Node
    * forward (bench/bare-proxy.ts, the floor for a Node proxy); `nginx` through nginx (when installed).
+   * `edge-auto` (Outrider with `workers = "auto"`) and `nginx-auto` (`worker_processes auto`) are
+   * started only when a scenario of theirs is selected.
    */
-  target: 'direct' | 'edge' | 'edge-warm' | 'edge-b' | 'bare' | 'nginx';
+  target: 'direct' | 'edge' | 'edge-warm' | 'edge-b' | 'bare' | 'nginx' | 'edge-auto' | 'nginx-auto';
   /** `{copy}` in the path is replaced by a counter (mod COPIES) on every request: no two alike. */
   path: string;
   method?: 'GET' | 'POST' | 'PUT';
@@ -19,6 +21,8 @@ export interface Scenario {
   headers?: Record<string, string>;
   /** The status every response should have (default: any 2xx). */
   expectStatus?: number;
+  /** Run only when BENCH_ONLY names it: its servers are started for it alone. */
+  optIn?: boolean;
 }
 
 const MiB = 1024 * 1024;
@@ -30,6 +34,9 @@ export const scenarios: Scenario[] = [
   { name: 'warm-b-png-64', target: 'edge-b', path: '/avatar.png?width=64', connections: 50, baseline: 'proxy-b-1k' },
   { name: 'bare-node-1k', target: 'bare', path: '/1k', connections: 50, baseline: 'direct-1k' },
   { name: 'nginx-1k', target: 'nginx', path: '/1k', connections: 50, baseline: 'direct-1k' },
+  // One process per CPU on both sides; only when named: BENCH_ONLY=proxy-auto-1k,nginx-auto-1k.
+  { name: 'nginx-auto-1k', target: 'nginx-auto', path: '/1k', connections: 50, baseline: 'direct-1k', optIn: true },
+  { name: 'proxy-auto-1k', target: 'edge-auto', path: '/1k', connections: 50, baseline: 'nginx-auto-1k', optIn: true },
   // Cold scaling: the cache is off and every request names another copy, so each one runs sharp.
   { name: 'scale-png-64', target: 'edge', path: '/avatar.png?width=64&copy={copy}', connections: 8 },
   { name: 'nginx-png-64', target: 'nginx', path: '/nginx-scale/avatar.png', connections: 8, baseline: 'scale-png-64' },
