@@ -97,6 +97,22 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
   };
 
   /**
+   * An HTTP/2 stream arrives: its request is made to read as HTTP/1.1 (connection/http2.ts), and
+   * `send_timeout` watches the stream itself, since its connection is shared (a client that
+   * stops reading one stream holds that stream's flow-control window shut, not the connection).
+   */
+  const http2Stream = (req: IncomingMessage, res: ServerResponse) => {
+    asHttp1(req);
+    const stream = (res as unknown as { stream: Socket }).stream;
+    stallWatch.connection(stream, () =>
+      app.log.warn(
+        { subsystem: 'proxy', remoteAddress: req.socket?.remoteAddress, path: req.url, timeoutMs: config.sendTimeoutMs, httpVersion: '2' },
+        'send timeout: the client stopped reading',
+      ),
+    );
+  };
+
+  /**
    * The listener's server: plain HTTP/1.1; with `[tls]` the same over TLS; and with `[tls] http2`
    * (the default) Node's HTTP/2 server, which serves HTTP/1.1 too (`allowHTTP1`): ALPN offers
    * `h2` and `http/1.1`, and an HTTP/1.1 connection gets the very same node:http machinery.
@@ -115,7 +131,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
         maxHeaderListPairs: 2000,
       },
       (req, res) => {
-        if (isHttp2(req as unknown as IncomingMessage)) asHttp1(req as unknown as IncomingMessage);
+        if (isHttp2(req as unknown as IncomingMessage)) http2Stream(req as unknown as IncomingMessage, res as unknown as ServerResponse);
         listener(req as unknown as IncomingMessage, res as unknown as ServerResponse);
       },
     );
@@ -125,7 +141,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
     server.on('connect', (req: IncomingMessage, res: ServerResponse | Socket) => {
       if (!isHttp2(req)) return void (res as Socket).destroy();
       const protocol = req.headers[':protocol'];
-      asHttp1(req);
+      http2Stream(req, res as ServerResponse);
       tunnels.extendedConnect(req, res as ServerResponse, typeof protocol === 'string' ? protocol : undefined);
     });
     return server as unknown as HttpsServer;
@@ -149,7 +165,7 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
       // `Expect: 100-continue`: Node sends no 100 of its own; whoever wants the body asks for it
       // (the backend's 100, relayed, or the upload stage once authorized: forward/continue.ts).
       server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
-        if (isHttp2(req)) asHttp1(req);
+        if (isHttp2(req)) http2Stream(req, res);
         if (fastPath?.(req, res, true)) return;
         res.writeContinue();
         handler(req, res);
@@ -280,8 +296,9 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
       return 'reloaded';
     },
     closeAllConnections: () => {
-      app.server.closeAllConnections();
-      sessions?.destroyAll();
+      // The HTTP/2 server (nodejs/node#55459) has no closeAllConnections: its sessions and HTTP/1.1 sockets are followed instead.
+      if (sessions !== undefined) sessions.destroyAll();
+      else app.server.closeAllConnections();
     },
   } satisfies OutriderControls);
 

@@ -1,5 +1,6 @@
-import type { IncomingMessage } from 'node:http';
-import type { Http2SecureServer, Http2ServerRequest, Http2Session } from 'node:http2';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { type Http2SecureServer, type Http2ServerRequest, Http2ServerResponse, type Http2Session, type Http2Stream } from 'node:http2';
+import type { Socket } from 'node:net';
 
 /**
  * HTTP/2 on the TLS listener (`[tls] http2`): ALPN offers `h2` beside `http/1.1`, and Node's
@@ -8,7 +9,8 @@ import type { Http2SecureServer, Http2ServerRequest, Http2Session } from 'node:h
  * uploads and interceptors read one kind of request:
  *
  * - the pseudo-headers (`:method`, `:path`, `:scheme`, `:authority`) leave the header list, and
- *   `:authority` becomes `Host` when the client sent none (RFC 9113 §8.3.1);
+ *   `:authority` becomes `Host`, in place of any `Host` the client sent too (RFC 9113 §8.3.1: an
+ *   intermediary building an HTTP/1.1 request uses `:authority`);
  * - the cookie fields, which HTTP/2 lets a client split, are joined with "; " into one
  *   (RFC 9113 §8.2.3), as an HTTP/1.1 backend must receive them;
  * - a body without Content-Length, which HTTP/2 allows (its end is the stream's end), is
@@ -22,7 +24,6 @@ export function asHttp1(req: IncomingMessage): void {
   const list: string[] = [];
   let authority: string | undefined;
   let cookie: string | undefined;
-  let host = false;
   let length = false;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string;
@@ -35,11 +36,13 @@ export function asHttp1(req: IncomingMessage): void {
       cookie = cookie === undefined ? value : `${cookie}; ${value}`;
       continue;
     }
-    if (name === 'host') host = true;
-    else if (name === 'content-length') length = true;
+    // Pseudo-headers come first (RFC 9113 §8.3): `:authority`, when sent, is known here.
+    if (name === 'host') {
+      if (authority !== undefined) continue;
+    } else if (name === 'content-length') length = true;
     list.push(name, value);
   }
-  if (!host && authority !== undefined) list.unshift('host', authority);
+  if (authority !== undefined) list.unshift('host', authority);
   if (cookie !== undefined) list.push('cookie', cookie);
   if (!length && !h2.stream.endAfterHeaders && req.method !== 'CONNECT') list.push('transfer-encoding', 'chunked');
   const headers: Record<string, string | string[]> = Object.create(null);
@@ -55,6 +58,29 @@ export function asHttp1(req: IncomingMessage): void {
   Object.defineProperty(req, 'headers', { value: headers, configurable: true });
 }
 
+/**
+ * True when the response went out whole: over HTTP/1.1 once it is written out; over HTTP/2 also
+ * only when its stream was not reset (a client that cancels a stream, or drops the connection,
+ * leaves a response that Node ends itself, so `writableFinished` alone reads true).
+ */
+export function answeredWhole(res: ServerResponse): boolean {
+  if (!res.writableFinished) return false;
+  const stream = (res as { stream?: Http2Stream }).stream;
+  return stream === undefined || !(stream.rstCode > 0);
+}
+
+// Node's HTTP/2 response has no `destroyed` (an HTTP/1.1 one has): Outrider's stages read it to
+// stop work for a client that is gone. It is the stream's.
+if (!('destroyed' in Http2ServerResponse.prototype)) {
+  Object.defineProperty(Http2ServerResponse.prototype, 'destroyed', {
+    configurable: true,
+    get(this: Http2ServerResponse): boolean {
+      const stream = this.stream as Http2Stream | undefined;
+      return stream === undefined || stream.destroyed || stream.closed;
+    },
+  });
+}
+
 /** True for a request that came over HTTP/2. */
 export function isHttp2(req: IncomingMessage): boolean {
   return req.httpVersionMajor === 2;
@@ -64,7 +90,7 @@ export function isHttp2(req: IncomingMessage): boolean {
 export interface Http2Sessions {
   /** Sends every session GOAWAY: open streams finish, no new one is accepted, and the session closes when its last stream has. */
   closeAll(): void;
-  /** Cuts every session now, with its streams: once `shutdown_timeout` has run out. */
+  /** Cuts every connection now, HTTP/2 sessions with their streams and HTTP/1.1 ones alike: once `shutdown_timeout` has run out. */
   destroyAll(): void;
   /** Sessions open now. */
   readonly size: number;
@@ -78,6 +104,13 @@ export interface Http2Sessions {
  */
 export function trackSessions(server: Http2SecureServer, idleMs: number): Http2Sessions {
   const sessions = new Set<Http2Session>();
+  // Node's HTTP/2 server has no closeAllConnections for its HTTP/1.1 connections: they are followed here.
+  const http1 = new Set<Socket>();
+  server.on('secureConnection', (socket: Socket & { alpnProtocol?: string | false }) => {
+    if (socket.alpnProtocol === 'h2') return;
+    http1.add(socket);
+    socket.once('close', () => http1.delete(socket));
+  });
   server.on('session', (session: Http2Session) => {
     sessions.add(session);
     let streams = 0;
@@ -105,6 +138,7 @@ export function trackSessions(server: Http2SecureServer, idleMs: number): Http2S
     },
     destroyAll() {
       for (const session of sessions) session.destroy();
+      for (const socket of http1) socket.destroy();
     },
     get size() {
       return sessions.size;

@@ -73,7 +73,12 @@ function closeStreamAfterAnswer(res: ServerResponse): void {
   // The stream's own 'finish' (its side written out): Node's response emits its 'finish' only once
   // the stream has closed, which is what is waited for here.
   const reset = () => {
-    if (!stream.closed && !stream.destroyed) stream.close(constants.NGHTTP2_NO_ERROR);
+    if (stream.closed || stream.destroyed) return;
+    stream.close(constants.NGHTTP2_NO_ERROR);
+    // Node keeps a reset stream open until the client's unread bytes are consumed, which no one
+    // will do: it is released now (the RST_STREAM is already submitted, the answer written out).
+    res.req?.unpipe();
+    stream.destroy();
   };
   if (stream.writableFinished) reset();
   else stream.once('finish', reset);

@@ -38,6 +38,28 @@ interface Body {
   lastRead: number;
   /** `performance.now()` of the last progress, or of the last moment Outrider was not reading. */
   since: number;
+  /** An HTTP/2 request's own byte count (its connection's counters belong to every stream on it). */
+  h2: StreamCount | undefined;
+}
+
+/** Bytes an HTTP/2 stream delivered, counted once Node's own reader listens to it (a listener before would start the flow). */
+interface StreamCount {
+  stream: NodeJS.ReadableStream;
+  read: number;
+  counting: boolean;
+}
+
+/** Bytes of its body the client has sent so far, as far as can be told without changing how it flows. */
+function bytesIn(w: Body): number {
+  const h2 = w.h2;
+  if (h2 === undefined) return w.socket.bytesRead;
+  if (!h2.counting && h2.stream.listenerCount('data') > 0) {
+    h2.counting = true;
+    h2.stream.on('data', (chunk: Buffer) => {
+      h2.read += chunk.length;
+    });
+  }
+  return h2.read;
 }
 
 interface Connection {
@@ -69,7 +91,7 @@ export function createStallWatch(opts: { bodyTimeoutMs: number; sendTimeoutMs: n
         bodies.delete(w);
         continue;
       }
-      const read = w.socket.bytesRead;
+      const read = bytesIn(w);
       // Reading means flowing with room in the buffer; anything else is Outrider holding back.
       const reading = req.readableFlowing === true && req.readableLength < req.readableHighWaterMark;
       if (read !== w.lastRead || !reading) {
@@ -125,7 +147,13 @@ export function createStallWatch(opts: { bodyTimeoutMs: number; sendTimeoutMs: n
     body(req, onStall) {
       const socket = req.socket;
       if (closed || req.complete || socket === null) return;
-      bodies.add({ req, socket, onStall, lastRead: socket.bytesRead, since: performance.now() });
+      const h2 =
+        req.httpVersionMajor === 2
+          ? { stream: (req as IncomingMessage & { stream: NodeJS.ReadableStream }).stream, read: 0, counting: false }
+          : undefined;
+      const w: Body = { req, socket, onStall, lastRead: 0, since: performance.now(), h2 };
+      w.lastRead = bytesIn(w);
+      bodies.add(w);
       start();
     },
     connection(socket, onStall) {

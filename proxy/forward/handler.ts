@@ -1,6 +1,7 @@
 import { type IncomingMessage, type ServerResponse, STATUS_CODES } from 'node:http';
 import type { FastifyBaseLogger, FastifyError } from 'fastify';
 import type { Dispatcher } from 'undici';
+import { answeredWhole } from '../connection/http2.js';
 import { bodyUnread, closeAfterAnswer } from '../connection/linger.js';
 import type { StallWatch } from '../connection/stall-watch.js';
 import { EdgeBodyTimeout, EdgeInternal, EdgeUpstreamInvalidResponse, endOnFault, toEdgeError, writeError } from '../errors.js';
@@ -161,7 +162,9 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
     // During shutdown the connection closes after this response instead of going back to idle.
     if (this.opts.isClosing()) this.res.shouldKeepAlive = false;
     // A standard reason phrase is Node's default; passing it again only costs a validation.
-    const reason = statusMessage === '' || statusMessage === STATUS_CODES[statusCode] ? undefined : statusMessage;
+    // HTTP/2 has no reason phrase at all.
+    const reason =
+      statusMessage === '' || statusMessage === STATUS_CODES[statusCode] || this.req.httpVersionMajor === 2 ? undefined : statusMessage;
     if (reason !== undefined && !VALID_REASON.test(reason)) {
       // Node would refuse to send it, and the status line it came in is not HTTP (RFC 9112 §4).
       this.log.error({ subsystem: 'proxy', status: statusCode }, 'backend sent a reason phrase with control characters');
@@ -227,6 +230,8 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
   private failBeforeBody(err: FastifyError): void {
     this.intercepted = true;
     this.dropHeld();
+    // Headers a refused writeHead left set (Node's HTTP/2 response keeps them) must not go out with the error.
+    for (const name of this.res.getHeaderNames()) this.res.removeHeader(name);
     writeError(this.res, err, this.opts.errorPages);
     this.abortUpstream?.(err);
   }
@@ -361,7 +366,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
   /** Runs once per request: cancels the backend request if the client left early, then writes the access-log line. */
   private onClientClose(): void {
     const res = this.res;
-    const aborted = !res.writableFinished;
+    const aborted = !answeredWhole(res);
     if (aborted) {
       this.clientGone = true;
       this.dropHeld();

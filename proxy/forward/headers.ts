@@ -33,6 +33,8 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   'trailer',
   'transfer-encoding',
   'upgrade',
+  // HTTP/2's upgrade settings (RFC 7540 §3.2.1): for one connection only.
+  'http2-settings',
 ]);
 
 /**

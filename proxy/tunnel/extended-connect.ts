@@ -108,7 +108,8 @@ export function extendedConnect(ctx: TunnelContext, req: IncomingMessage, res: S
 
   // The stream's end is the answer's end, or the client cancelling: logged once either way.
   stream.once('close', () => {
-    if (!settled) out?.destroy();
+    // Not joined: the backend request (or the refusal still streaming from it) is dropped.
+    if (!opened) out?.destroy();
     if (opened) {
       clearTimeout(lingerTimer);
       upstream?.destroySoon();

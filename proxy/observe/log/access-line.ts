@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { FastifyBaseLogger } from 'fastify';
+import { answeredWhole } from '../../connection/http2.js';
 import { createDirectLine, jsonString, msSince } from './direct-line.js';
 
 /** What the access line says of one request beyond what its request and response carry. */
@@ -35,7 +36,7 @@ export function createAccessLog(log: FastifyBaseLogger): AccessLog {
     if (!line.enabled()) return;
     line.write(
       fields.requestId,
-      `,"method":${jsonString(req.method as string)},"path":${jsonString(req.url as string)},"status":${statusOf(res)},"durationMs":${msSince(fields.started)}${fields.bytes === undefined ? '' : `,"bytes":${fields.bytes}`},"remoteAddress":"${fields.peer}"${res.writableFinished ? '' : ',"aborted":true'}`,
+      `,"method":${jsonString(req.method as string)},"path":${jsonString(req.url as string)},"status":${statusOf(res)},"durationMs":${msSince(fields.started)}${fields.bytes === undefined ? '' : `,"bytes":${fields.bytes}`},"remoteAddress":"${fields.peer}"${answeredWhole(res) ? '' : ',"aborted":true'}`,
     );
   };
 }
@@ -50,7 +51,7 @@ export function accessObject(req: IncomingMessage, res: ServerResponse, fields: 
     durationMs: msSince(fields.started),
     bytes: fields.bytes,
     remoteAddress: fields.peer,
-    aborted: !res.writableFinished || undefined,
+    aborted: !answeredWhole(res) || undefined,
   };
 }
 

@@ -1,5 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
+import { constants } from 'node:http2';
+import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import sharp from 'sharp';
@@ -181,7 +183,10 @@ describe('HTTP/2 on the TLS listener', () => {
       res.writeHead(413, { 'content-type': 'text/plain' }).end('too large');
     });
     // The backend judges the body by its head, before asking for it (Node's server sends 100 unless told).
-    backend.server.on('checkContinue', (_req: IncomingMessage, res) => {
+    backend.server.on('checkContinue', (req: IncomingMessage, res) => {
+      req.on('data', (c: Buffer) => {
+        bodyBytes += c.length;
+      });
       res.writeHead(413, { 'content-type': 'text/plain' }).end('too large');
     });
     const { session } = await edge(backend.url);
@@ -280,6 +285,128 @@ describe('HTTP/2 on the TLS listener', () => {
     await closed;
     await until(() => ws.clients.size === 0, 3000, 'the backend socket to close');
     expect(logs.filter((l) => l.subsystem === 'tunnel').map((l) => l.reason)).toEqual(['client', 'shutdown']);
+  });
+
+  it('aborts the backend request when an HTTP/2 client cancels its stream, and logs it as aborted', async () => {
+    let backendClosed = false;
+    const backend = await startBackend((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      const chunk = Buffer.alloc(64 * 1024, 1);
+      const timer = setInterval(() => res.write(chunk), 5);
+      res.once('close', () => {
+        clearInterval(timer);
+        backendClosed = true;
+      });
+    });
+    const logs: Record<string, unknown>[] = [];
+    const { session } = await edge(backend.url, '', logs);
+    const stream = session.request({ ':path': '/endless' });
+    await new Promise((resolve) => stream.once('data', resolve));
+    stream.close(constants.NGHTTP2_CANCEL);
+    await until(() => backendClosed, 3000, 'the backend request to be aborted');
+    await until(() => logs.some((l) => l.msg === 'request'), 3000, 'the access line');
+    expect(logs.find((l) => l.msg === 'request')).toMatchObject({ path: '/endless', aborted: true });
+  });
+
+  it('ends a stream answered before its body arrived, and the connection goes on', async () => {
+    const backend = await startBackend((_req, res) => {
+      res.writeHead(413, { 'content-type': 'text/plain', connection: 'close' }).end('too large');
+    });
+    const logs: Record<string, unknown>[] = [];
+    const { session } = await edge(backend.url, '', logs);
+    const big = Buffer.alloc(8 * 1024 * 1024, 5);
+    const answer = await h2Request(session, { ':method': 'POST', ':path': '/upload', 'content-length': String(big.length) }, big).catch(
+      (err: Error) => err,
+    );
+    // The client sees the answer (or its stream reset once the answer is out); either way the stream is over.
+    if (!(answer instanceof Error)) expect([413, 502]).toContain(answer.status);
+    await until(() => logs.some((l) => l.msg === 'request' && l.path === '/upload'), 3000, 'the access line');
+    const next = await h2Request(session, { ':path': '/after' });
+    expect(next.status).toBe(413);
+  });
+
+  it('applies send_timeout to one stalled stream and client_body_timeout to one silent body, whatever else the connection carries', async () => {
+    let downloads = 0;
+    let uploads = 0;
+    const backend = await startBackend((req, res) => {
+      if (req.url === '/download') {
+        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(64 * 1024 * 1024) });
+        const chunk = Buffer.alloc(256 * 1024, 2);
+        const pump = () => {
+          while (res.write(chunk)) if (res.writableLength > 8 * 1024 * 1024) break;
+        };
+        res.on('drain', pump);
+        pump();
+        res.once('close', () => downloads++);
+        return;
+      }
+      req.resume();
+      req.once('end', () => res.writeHead(200, { 'content-type': 'text/plain' }).end('stored'));
+      res.once('close', () => {
+        if (!res.writableFinished) uploads++;
+      });
+    });
+    const logs: Record<string, unknown>[] = [];
+    const { session } = await edge(backend.url, 'send_timeout = "1s"\nclient_body_timeout = "1s"', logs);
+    // A download the client never reads: its flow-control window shuts, the stream stalls.
+    const stalled = session.request({ ':path': '/download' });
+    stalled.pause();
+    // A body that stops after its first bytes, while PINGs keep the connection itself busy.
+    const silent = session.request({ ':method': 'POST', ':path': '/upload', 'content-length': '1000' }, { endStream: false });
+    silent.write(Buffer.alloc(10));
+    const silentAnswer = new Promise<number>((resolve) => silent.once('response', (h) => resolve(Number(h[':status']))));
+    const pings = setInterval(() => session.ping(() => undefined), 200);
+    onTestFinished(() => clearInterval(pings));
+    expect(await silentAnswer).toBe(408);
+    await until(() => downloads === 1, 5000, 'the stalled download to be cut');
+    await until(() => uploads === 1, 3000, 'the silent upload to be dropped at the backend');
+    expect(logs.some((l) => l.msg === 'send timeout: the client stopped reading' && l.path === '/download')).toBe(true);
+    // The connection is still good for other streams.
+    expect((await h2Request(session, { ':method': 'POST', ':path': '/upload' }, 'x')).status).toBe(200);
+  });
+
+  it('refuses WebSocket over HTTP/2 past max_tunnels and on a wrong handshake, and closes an idle one', async () => {
+    const ws = await startWsBackend();
+    const logs: Record<string, unknown>[] = [];
+    const { session } = await edge(ws.url, '[websocket]\nmax_tunnels = 1\nidle_timeout = "1s"', logs);
+    const first = await H2WebSocket.open(session, '/cable');
+    expect(first.status).toBe(200);
+    const second = await H2WebSocket.open(session, '/cable');
+    expect(second.status).toBe(503);
+    // Idle for the limit: closed and logged as idle; a new one may open.
+    await until(() => logs.some((l) => l.subsystem === 'tunnel' && l.reason === 'idle'), 4000, 'the idle close');
+    const third = await H2WebSocket.open(session, '/cable');
+    expect(third.status).toBe(200);
+
+    // A backend whose handshake answer does not match the key Outrider sent.
+    const liar = await startBackend(() => undefined);
+    liar.server.on('upgrade', (_req: IncomingMessage, socket: Socket) => {
+      socket.end('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: bogus\r\n\r\n');
+    });
+    const other = await edge(liar.url);
+    expect((await H2WebSocket.open(other.session, '/cable')).status).toBe(502);
+  });
+
+  it('cuts every connection on closeAllConnections (the shutdown deadline), HTTP/2 and HTTP/1.1 over TLS alike', async () => {
+    const backend = await startBackend((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('begun');
+    });
+    const { app, port, session } = await edge(backend.url);
+    const h2 = h2Request(session, { ':path': '/never-ends' });
+    const dispatcher = new Agent({ connect: { ca } });
+    onTestFinished(() => dispatcher.close());
+    const h1 = request(`https://127.0.0.1:${port}/never-ends`, { dispatcher })
+      .then((res) => res.body.text())
+      .catch((err: Error) => err);
+    await until(() => backend.requests.length === 2, 3000, 'both requests at the backend');
+    app.outrider.closeAllConnections();
+    // Both connections are cut: neither answer completes.
+    await until(() => session.destroyed || session.closed, 3000, 'the HTTP/2 connection to close');
+    // The HTTP/2 request settles (it would wait forever on a connection left open).
+    await h2.catch(() => undefined);
+    expect(await h1).toBeInstanceOf(Error);
+    await app.close();
   });
 
   it('finishes open streams on shutdown with GOAWAY and closes the listener', async () => {
