@@ -17,7 +17,7 @@ import {
 import { rawHeader } from '../forward/headers.js';
 import { requestHeaders } from '../forward/request-headers.js';
 import type { TunnelCloseReason } from '../observe/metrics/catalogue.js';
-import { backendTimers, logTunnel, responseHeaders, type Tunnel, type TunnelContext } from './shared.js';
+import { backendTimers, recordClose, relayAnswer, responseHeaders, type Tunnel, type TunnelContext } from './shared.js';
 
 /** RFC 6455 §1.3: what the Sec-WebSocket-Accept of a key is made with. */
 const WEBSOCKET_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
@@ -38,8 +38,8 @@ const PEER_GONE = new Set(['ECONNRESET', 'EPIPE', 'ECONNABORTED', 'ERR_STREAM_PR
  * (`[websocket] max_tunnels`, `idle_timeout`), logged and closed on shutdown like an upgrade.
  */
 export function extendedConnect(ctx: TunnelContext, req: IncomingMessage, res: ServerResponse, protocol: string | undefined): void {
-  const { opts, open, carried } = ctx;
-  const { log, metrics, pages } = opts;
+  const { opts, open } = ctx;
+  const { metrics, pages } = opts;
   const { idleTimeoutMs, maxTunnels } = opts.config.websocket;
   const started = performance.now();
   const requestId = opts.genReqId(req);
@@ -71,28 +71,15 @@ export function extendedConnect(ctx: TunnelContext, req: IncomingMessage, res: S
     reason ??= why;
     timers?.clear();
     clearTimeout(lingerTimer);
-    const b = bytes();
-    if (opened) {
-      open.delete(tunnel);
-      carried.upstream += b.upstream;
-      carried.downstream += b.downstream;
-    }
-    metrics?.tunnelClosed(reason);
-    const code = failure === undefined ? undefined : errorCode(failure) || (failure as Error).message;
-    logTunnel(log, {
-      subsystem: 'tunnel',
+    recordClose(ctx, tunnel, opened, reason, failure, {
       requestId,
       method: 'CONNECT',
       path: req.url,
       upgrade: protocol ?? '',
       httpVersion: '2',
       status: status === 0 ? 499 : status,
-      reason,
       durationMs: Math.round(performance.now() - started),
-      upstreamBytes: b.upstream,
-      downstreamBytes: b.downstream,
       remoteAddress: peer,
-      ...(code === undefined ? {} : { error: code }),
     });
   };
 
@@ -198,21 +185,15 @@ export function extendedConnect(ctx: TunnelContext, req: IncomingMessage, res: S
     settled = true;
     status = code;
     reason = 'declined';
-    try {
-      res.writeHead(code, responseHeaders(backendRes.rawHeaders));
-    } catch (err) {
-      backendRes.destroy();
-      failure = err;
-      status = 502;
-      reason = 'failed';
-      writeError(res, new EdgeUpstreamInvalidResponse({ cause: err }), pages);
-      return;
-    }
-    backendRes.on('error', (err) => {
+    const refused = relayAnswer(backendRes, res, pages, (err) => {
       failure ??= err;
       res.destroy();
     });
-    backendRes.pipe(res);
+    if (refused !== undefined) {
+      failure = refused;
+      status = 502;
+      reason = 'failed';
+    }
   });
 
   request.on('upgrade', (backendRes: IncomingMessage, backendSocket: Socket, backendHead: Buffer) => {

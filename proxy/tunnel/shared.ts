@@ -1,7 +1,8 @@
-import type { ClientRequest, request as httpRequest, IncomingMessage } from 'node:http';
+import type { ClientRequest, request as httpRequest, IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { FastifyBaseLogger } from 'fastify';
 import type { Config } from '../../config/schema.js';
+import { EdgeUpstreamInvalidResponse, errorCode, writeError } from '../errors.js';
 import { connectionTokens, RESPONSE_STRIPPED } from '../forward/headers.js';
 import type { Metrics, TunnelCloseReason } from '../observe/metrics/catalogue.js';
 import type { ErrorPages } from '../routes/error-pages.js';
@@ -75,4 +76,57 @@ export function responseHeaders(raw: readonly string[]): string[] {
     if (!RESPONSE_STRIPPED.has(lower) && !named.includes(lower)) out.push(raw[i] as string, raw[i + 1] as string);
   }
   return out;
+}
+
+/**
+ * Relays the answer of a backend that did not switch protocols: its status, its headers as the
+ * client may see them, and its body. When Node refuses the headers (it checks less on reading
+ * than on writing), the client gets a 502 instead and the refusal is returned.
+ */
+export function relayAnswer(
+  backendRes: IncomingMessage,
+  relay: ServerResponse,
+  pages: ErrorPages | undefined,
+  onBodyError: (err: Error) => void,
+): unknown {
+  try {
+    relay.writeHead(backendRes.statusCode ?? 502, responseHeaders(backendRes.rawHeaders));
+  } catch (err) {
+    backendRes.destroy();
+    writeError(relay, new EdgeUpstreamInvalidResponse({ cause: err }), pages);
+    return err;
+  }
+  backendRes.on('error', onBodyError);
+  backendRes.pipe(relay);
+  return undefined;
+}
+
+/**
+ * A tunnel request's outcome, counted and logged once (`fields` says which request it was): an
+ * open tunnel leaves the open set, its bytes carried over to the totals.
+ */
+export function recordClose(
+  ctx: TunnelContext,
+  tunnel: Tunnel,
+  opened: boolean,
+  reason: TunnelCloseReason,
+  failure: unknown,
+  fields: Record<string, unknown>,
+): void {
+  const b = tunnel.bytes();
+  if (opened) {
+    ctx.open.delete(tunnel);
+    ctx.carried.upstream += b.upstream;
+    ctx.carried.downstream += b.downstream;
+  }
+  ctx.opts.metrics?.tunnelClosed(reason);
+  const code = failure === undefined ? undefined : errorCode(failure) || (failure as Error).message;
+  logTunnel(ctx.opts.log, {
+    subsystem: 'tunnel',
+    ...fields,
+    reason,
+    upstreamBytes: b.upstream,
+    downstreamBytes: b.downstream,
+    ...(code === undefined ? {} : { error: code }),
+  });
 }

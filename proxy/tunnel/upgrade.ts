@@ -16,7 +16,15 @@ import { rawHeader } from '../forward/headers.js';
 import { requestHeaders } from '../forward/request-headers.js';
 import type { TunnelCloseReason } from '../observe/metrics/catalogue.js';
 import { extendedConnect } from './extended-connect.js';
-import { backendTimers, logTunnel, responseHeaders, type Tunnel, type TunnelContext, type TunnelsOptions } from './shared.js';
+import {
+  backendTimers,
+  recordClose,
+  relayAnswer,
+  responseHeaders,
+  type Tunnel,
+  type TunnelContext,
+  type TunnelsOptions,
+} from './shared.js';
 
 /** Client bytes read and held while the backend has not answered (a client that speaks first); reading stops beyond this. */
 const EARLY_BYTES = 64 * 1024;
@@ -45,7 +53,7 @@ export interface Tunnels {
 }
 
 export function createTunnels(opts: TunnelsOptions): Tunnels {
-  const { config, log, metrics, pages } = opts;
+  const { config, metrics, pages } = opts;
   const backend = new URL(config.authBackend);
   const tls = backend.protocol === 'https:';
   // An IPv6 literal comes from URL in brackets, which a lookup would not find.
@@ -114,29 +122,15 @@ export function createTunnels(opts: TunnelsOptions): Tunnels {
       reason ??= why;
       timers?.clear();
       clearTimeout(lingerTimer);
-      const b = bytes();
-      if (opened) {
-        open.delete(tunnel);
-        carried.upstream += b.upstream;
-        carried.downstream += b.downstream;
-      }
-      metrics?.tunnelClosed(reason);
-      const code = failure === undefined ? undefined : errorCode(failure) || (failure as Error).message;
-      const fields = {
-        subsystem: 'tunnel',
+      recordClose(context, tunnel, opened, reason, failure, {
         requestId,
         method: req.method,
         path: req.url,
         upgrade: protocol,
         status: status === 0 ? 499 : status,
-        reason,
         durationMs: Math.round(performance.now() - started),
-        upstreamBytes: b.upstream,
-        downstreamBytes: b.downstream,
         remoteAddress: peer,
-        ...(code === undefined ? {} : { error: code }),
-      };
-      logTunnel(log, fields);
+      });
     };
 
     const tunnel: Tunnel = {
@@ -280,25 +274,15 @@ export function createTunnels(opts: TunnelsOptions): Tunnels {
       if (settled) return void res.destroy();
       status = res.statusCode ?? 502;
       reason = 'declined';
-      const relay = answerOn();
-      let head: string[];
-      try {
-        head = responseHeaders(res.rawHeaders);
-        relay.writeHead(status, head);
-      } catch (err) {
-        // Node refused what the backend sent (it checks less on reading than on writing).
-        res.destroy();
-        failure = err;
-        status = 502;
-        reason = 'failed';
-        writeError(relay, new EdgeUpstreamInvalidResponse({ cause: err }), pages);
-        return;
-      }
-      res.on('error', (err) => {
+      const refused = relayAnswer(res, answerOn(), pages, (err) => {
         failure ??= err;
         socket.destroy();
       });
-      res.pipe(relay);
+      if (refused !== undefined) {
+        failure = refused;
+        status = 502;
+        reason = 'failed';
+      }
     });
 
     request.on('upgrade', (res: IncomingMessage, backendSocket: Socket, backendHead: Buffer) => {
