@@ -65,8 +65,8 @@ backend.listen(backendPort, '127.0.0.1', () => {
     const ready = buffer.split('\n').find((line) => line.includes('"msg":"outrider ready"'));
     if (ready === undefined) return;
     buffer = '';
-    const { listen } = JSON.parse(ready) as { listen: string };
-    const base = `http://${listen}`;
+    const { listen, tls } = JSON.parse(ready) as { listen: string; tls?: boolean };
+    const base = `${tls ? 'https' : 'http'}://${listen}`;
     process.stdout.write(
       `\nOutrider is up on ${base} in front of the example backend on http://127.0.0.1:${port}\nTry:\n` +
         `  ${base}/                 the example app's home page, through Outrider\n` +

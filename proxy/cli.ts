@@ -323,7 +323,14 @@ async function serve(config: Config, worker: WorkerSetup | undefined, missingFla
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
     logger.info(
-      { version: VERSION, listen: listening, metrics: app.outrider.metricsAddress(), backend: config.authSocket ?? config.authBackend },
+      {
+        version: VERSION,
+        listen: listening,
+        // With [tls] the listener speaks HTTPS (HTTP/2 and HTTP/1.1 unless [tls] http2 = false).
+        ...(config.tls === undefined ? {} : { tls: true, http2: config.tls.http2 }),
+        metrics: app.outrider.metricsAddress(),
+        backend: config.authSocket ?? config.authBackend,
+      },
       'outrider ready',
     );
     logger.flush();

@@ -175,6 +175,7 @@ export async function runPrimary(config: Config, logger: Logger): Promise<void> 
       {
         version: VERSION,
         listen,
+        ...(config.tls === undefined ? {} : { tls: true, http2: config.tls.http2 }),
         metrics: metricsServer?.address(),
         backend: config.authSocket ?? config.authBackend,
         workers: config.workers,
