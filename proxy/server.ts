@@ -1,5 +1,5 @@
 import { createServer, type IncomingMessage, type RequestListener, type ServerResponse } from 'node:http';
-import { createSecureServer } from 'node:http2';
+import { createSecureServer, constants as http2Constants, type ServerHttp2Stream } from 'node:http2';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify';
@@ -12,7 +12,7 @@ export type { Config } from '../config/schema.js';
 
 import { createScaler, createSharedCache, type SharedCacheEvents } from '../scaler/index.js';
 import { onClientError } from './connection/client-errors.js';
-import { asHttp1, type Http2Sessions, isHttp2, trackSessions } from './connection/http2.js';
+import { asHttp1, failCancelledBody, type Http2Sessions, isHttp2, trackSessions } from './connection/http2.js';
 import { createStallWatch } from './connection/stall-watch.js';
 import { setErrorHandler } from './errors.js';
 import { createForwarder } from './forward/forwarder.js';
@@ -103,13 +103,16 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
    */
   const http2Stream = (req: IncomingMessage, res: ServerResponse) => {
     asHttp1(req);
-    const stream = (res as unknown as { stream: Socket }).stream;
-    stallWatch.connection(stream, () =>
+    failCancelledBody(req);
+    const stream = (res as unknown as { stream: ServerHttp2Stream }).stream;
+    stallWatch.connection(stream as unknown as Socket, () => {
       app.log.warn(
         { subsystem: 'proxy', remoteAddress: req.socket?.remoteAddress, path: req.url, timeoutMs: config.sendTimeoutMs, httpVersion: '2' },
         'send timeout: the client stopped reading',
-      ),
-    );
+      );
+      // Reset as cancelled (the watch then destroys it): NO_ERROR would say the answer was whole.
+      stream.close(http2Constants.NGHTTP2_CANCEL);
+    });
   };
 
   /**

@@ -70,8 +70,6 @@ function closeStreamAfterAnswer(res: ServerResponse): void {
   const stream = (res as unknown as Http2ServerResponse).stream;
   if (stream === undefined || closing.has(stream)) return;
   closing.add(stream);
-  // The stream's own 'finish' (its side written out): Node's response emits its 'finish' only once
-  // the stream has closed, which is what is waited for here.
   const reset = () => {
     if (stream.closed || stream.destroyed) return;
     stream.close(constants.NGHTTP2_NO_ERROR);
@@ -80,6 +78,18 @@ function closeStreamAfterAnswer(res: ServerResponse): void {
     res.req?.unpipe();
     stream.destroy();
   };
-  if (stream.writableFinished) reset();
-  else stream.once('finish', reset);
+  // RST_STREAM NO_ERROR may only follow a complete answer: after its END_STREAM. Node's response
+  // sends that with (empty) trailers, on the turn after it asks for them ('wantTrailers'); an answer
+  // without a body ends with its HEADERS frame, already gone when the stream's side is written out.
+  stream.once('wantTrailers', () => setImmediate(reset));
+  const afterWritten = () => {
+    if (stream.closed || stream.destroyed) return;
+    if ((stream.state as { localClose?: number }).localClose === 1) return reset();
+    // Written out: the stream is not kept beyond the lingering time, whatever happens.
+    const timer = setTimeout(reset, LINGER_MS);
+    timer.unref();
+    stream.once('close', () => clearTimeout(timer));
+  };
+  if (stream.writableFinished) afterWritten();
+  else stream.once('finish', afterWritten);
 }

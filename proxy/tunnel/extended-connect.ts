@@ -88,6 +88,8 @@ export function extendedConnect(ctx: TunnelContext, req: IncomingMessage, res: S
       finish(why);
       out?.destroy();
       upstream?.destroy();
+      // CANCEL is HTTP/2's TCP reset (RFC 8441 §4); NO_ERROR would read as a clean end.
+      if (!stream.closed) stream.close(constants.NGHTTP2_CANCEL);
       stream.destroy();
     },
     bytes,

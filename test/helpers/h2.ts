@@ -21,6 +21,10 @@ export interface H2Answer {
   body: Buffer;
   /** Interim (1xx) header blocks, in order, before the final one. */
   informational: IncomingHttpHeaders[];
+  /** Node's client saw the stream end without END_STREAM from the server (a reset before the answer was complete). */
+  aborted: boolean;
+  /** The RST_STREAM code the stream closed with (0: NO_ERROR). */
+  rstCode: number;
 }
 
 /** One request on `session`: its final status, headers and whole body, and the 1xx blocks before them. */
@@ -40,10 +44,25 @@ export function h2Request(
     stream.once('response', (h) => {
       head = h;
     });
+    let aborted = false;
+    stream.once('aborted', () => {
+      aborted = true;
+    });
     stream.on('data', (c: Buffer) => chunks.push(c));
-    stream.once('end', () =>
-      resolve({ status: Number(head?.[':status']), headers: head ?? {}, body: Buffer.concat(chunks), informational }),
-    );
+    // Settled when the stream is closed, so that how it closed is known.
+    stream.once('close', () => {
+      // A reset the client API reports with no error (Node's 'error' comes first when there is one).
+      if (stream.rstCode !== 0 && stream.rstCode !== undefined && !aborted)
+        return reject(new Error(`stream reset, code ${stream.rstCode}`));
+      resolve({
+        status: Number(head?.[':status']),
+        headers: head ?? {},
+        body: Buffer.concat(chunks),
+        informational,
+        aborted,
+        rstCode: stream.rstCode,
+      });
+    });
     stream.once('error', reject);
   });
 }

@@ -308,21 +308,58 @@ describe('HTTP/2 on the TLS listener', () => {
     expect(logs.find((l) => l.msg === 'request')).toMatchObject({ path: '/endless', aborted: true });
   });
 
-  it('ends a stream answered before its body arrived, and the connection goes on', async () => {
-    const backend = await startBackend((_req, res) => {
-      res.writeHead(413, { 'content-type': 'text/plain', connection: 'close' }).end('too large');
+  it('ends a stream answered before its body arrived with the whole answer, then RST_STREAM NO_ERROR; the connection goes on', async () => {
+    const backend = await startBackend((req, res) => {
+      if (req.url === '/closing') return void res.writeHead(413, { 'content-type': 'text/plain', connection: 'close' }).end('too large');
+      res.writeHead(413, { 'content-type': 'text/plain' }).end('too large');
     });
     const logs: Record<string, unknown>[] = [];
     const { session } = await edge(backend.url, '', logs);
-    const big = Buffer.alloc(8 * 1024 * 1024, 5);
-    const answer = await h2Request(session, { ':method': 'POST', ':path': '/upload', 'content-length': String(big.length) }, big).catch(
-      (err: Error) => err,
-    );
-    // The client sees the answer (or its stream reset once the answer is out); either way the stream is over.
-    if (!(answer instanceof Error)) expect([413, 502]).toContain(answer.status);
-    await until(() => logs.some((l) => l.msg === 'request' && l.path === '/upload'), 3000, 'the access line');
+    const big = Buffer.alloc(2 * 1024 * 1024, 5);
+    const early = await h2Request(session, { ':method': 'POST', ':path': '/early', 'content-length': String(big.length) }, big);
+    // END_STREAM came before the reset: a complete answer, not an aborted one.
+    expect(early).toMatchObject({ status: 413, aborted: false, rstCode: 0 });
+    expect(early.body.toString()).toBe('too large');
+    // A backend that closes its connection before reading the body: Outrider's 502, complete as well.
+    const closing = await h2Request(session, { ':method': 'POST', ':path': '/closing', 'content-length': String(big.length) }, big);
+    expect(closing.aborted).toBe(false);
+    expect([413, 502]).toContain(closing.status);
+    await until(() => logs.filter((l) => l.msg === 'request').length === 2, 3000, 'both access lines');
     const next = await h2Request(session, { ':path': '/after' });
     expect(next.status).toBe(413);
+  });
+
+  it('cuts, never ends cleanly, an HTTP/2 answer the backend breaks off, and fails a body the client cancels', async () => {
+    const seen: string[] = [];
+    const backend = await startBackend((req, res) => {
+      if (req.url === '/broken') {
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        res.write('partial body');
+        setTimeout(() => res.socket?.destroy(), 50);
+        return;
+      }
+      let bytes = 0;
+      req.on('data', (c: Buffer) => {
+        bytes += c.length;
+      });
+      req.once('end', () => seen.push(`complete ${bytes}`));
+      req.once('aborted', () => seen.push('aborted'));
+      req.once('error', () => seen.push('error'));
+    });
+    const { session } = await edge(backend.url);
+    // The client must not take the cut answer for a whole one (curl would exit 0 with NO_ERROR).
+    await expect(h2Request(session, { ':path': '/broken' })).rejects.toThrow(/NGHTTP2_INTERNAL_ERROR|stream error/i);
+
+    // An upload of unknown length (chunked to the backend) that the client cancels halfway.
+    const upload = session.request({ ':method': 'POST', ':path': '/upload' }, { endStream: false });
+    upload.on('error', () => undefined);
+    upload.write(Buffer.alloc(100_000, 1));
+    await new Promise((r) => setTimeout(r, 200));
+    // Destroyed, Node's client resets the stream without ending it (its close() sends END_STREAM
+    // first, which completes the body as far as any server can tell).
+    upload.destroy(new Error('the user cancelled'));
+    await until(() => seen.length > 0, 3000, 'the backend to see the upload end');
+    expect(seen[0]).not.toMatch(/^complete/);
   });
 
   it('applies send_timeout to one stalled stream and client_body_timeout to one silent body, whatever else the connection carries', async () => {
@@ -393,7 +430,7 @@ describe('HTTP/2 on the TLS listener', () => {
       res.write('begun');
     });
     const { app, port, session } = await edge(backend.url);
-    const h2 = h2Request(session, { ':path': '/never-ends' });
+    const h2 = h2Request(session, { ':path': '/never-ends' }).catch((err: Error) => err);
     const dispatcher = new Agent({ connect: { ca } });
     onTestFinished(() => dispatcher.close());
     const h1 = request(`https://127.0.0.1:${port}/never-ends`, { dispatcher })
@@ -403,8 +440,8 @@ describe('HTTP/2 on the TLS listener', () => {
     app.outrider.closeAllConnections();
     // Both connections are cut: neither answer completes.
     await until(() => session.destroyed || session.closed, 3000, 'the HTTP/2 connection to close');
-    // The HTTP/2 request settles (it would wait forever on a connection left open).
-    await h2.catch(() => undefined);
+    // The HTTP/2 request fails (it would wait forever on a connection left open).
+    expect(await h2).toBeInstanceOf(Error);
     expect(await h1).toBeInstanceOf(Error);
     await app.close();
   });
