@@ -185,17 +185,11 @@ export function extendedConnect(ctx: TunnelContext, req: IncomingMessage, res: S
       return answer(new EdgeUpstreamInvalidResponse({ cause: failure }), 'failed');
     }
     settled = true;
-    status = code;
-    reason = 'declined';
-    const refused = relayAnswer(backendRes, res, pages, (err) => {
+    const outcome = relayAnswer(backendRes, res, pages, (err) => {
       failure ??= err;
       res.destroy();
     });
-    if (refused !== undefined) {
-      failure = refused;
-      status = 502;
-      reason = 'failed';
-    }
+    ({ status, reason, failure } = outcome);
   });
 
   request.on('upgrade', (backendRes: IncomingMessage, backendSocket: Socket, backendHead: Buffer) => {

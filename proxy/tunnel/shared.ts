@@ -78,27 +78,36 @@ export function responseHeaders(raw: readonly string[]): string[] {
   return out;
 }
 
+/** What a relayed refusal ends as, for the tunnel's record: the status the client got, and why. */
+export interface RelayOutcome {
+  status: number;
+  reason: 'declined' | 'failed';
+  /** Node's refusal of the backend's headers, when the client got a 502 instead. */
+  failure?: unknown;
+}
+
 /**
  * Relays the answer of a backend that did not switch protocols: its status, its headers as the
  * client may see them, and its body. When Node refuses the headers (it checks less on reading
- * than on writing), the client gets a 502 instead and the refusal is returned.
+ * than on writing), the client gets a 502 instead.
  */
 export function relayAnswer(
   backendRes: IncomingMessage,
   relay: ServerResponse,
   pages: ErrorPages | undefined,
   onBodyError: (err: Error) => void,
-): unknown {
+): RelayOutcome {
+  const status = backendRes.statusCode ?? 502;
   try {
-    relay.writeHead(backendRes.statusCode ?? 502, responseHeaders(backendRes.rawHeaders));
+    relay.writeHead(status, responseHeaders(backendRes.rawHeaders));
   } catch (err) {
     backendRes.destroy();
     writeError(relay, new EdgeUpstreamInvalidResponse({ cause: err }), pages);
-    return err;
+    return { status: 502, reason: 'failed', failure: err };
   }
   backendRes.on('error', onBodyError);
   backendRes.pipe(relay);
-  return undefined;
+  return { status, reason: 'declined' };
 }
 
 /**

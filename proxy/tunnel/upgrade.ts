@@ -272,17 +272,11 @@ export function createTunnels(opts: TunnelsOptions): Tunnels {
       // Not switched: the answer goes to the client as it came, then the connection closes.
       timers?.headArrived();
       if (settled) return void res.destroy();
-      status = res.statusCode ?? 502;
-      reason = 'declined';
-      const refused = relayAnswer(res, answerOn(), pages, (err) => {
+      const outcome = relayAnswer(res, answerOn(), pages, (err) => {
         failure ??= err;
         socket.destroy();
       });
-      if (refused !== undefined) {
-        failure = refused;
-        status = 502;
-        reason = 'failed';
-      }
+      ({ status, reason, failure } = outcome);
     });
 
     request.on('upgrade', (res: IncomingMessage, backendSocket: Socket, backendHead: Buffer) => {

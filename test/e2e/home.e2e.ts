@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -9,57 +8,30 @@ import { chromium, type Page } from 'playwright-core';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HOME_WIDTHS } from '../../example/backend.js';
+import { type ExampleApp, startExampleApp } from './example-app.js';
 
 /**
  * The example app in a real browser: `npm start` (built), Debian's chromium driven by
  * playwright-core. Needs /usr/bin/chromium (CHROMIUM overrides it); `.ci/run` installs it.
  */
-const START = fileURLToPath(new URL('../../dist/example/start.js', import.meta.url));
 const ARTIFACTS = fileURLToPath(new URL('./artifacts/', import.meta.url));
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const STARTERS = ['ada.png', 'grace.jpg', 'linus.png'];
 
 const scratch = mkdtempSync(join(tmpdir(), 'outrider-e2e-'));
-/** Every JSON line Outrider logged (npm start relays them on stdout). */
-const logs: Record<string, unknown>[] = [];
+let app: ExampleApp;
+/** Every JSON line Outrider logged, and its base URL: set once npm start is up. */
+let logs: Record<string, unknown>[] = [];
 let base = '';
-let stopApp: () => Promise<number | null>;
 
 beforeAll(async () => {
   // A fresh avatar directory: the page shows exactly the starters and what this test uploads.
-  const child = spawn(process.execPath, [START], {
-    env: { ...process.env, OUTRIDER_PORT: '0', EXAMPLE_BACKEND_PORT: '0', EXAMPLE_AVATAR_DIR: join(scratch, 'avatars') },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  stopApp = async () => {
-    if (child.exitCode === null) child.kill('SIGINT');
-    const code = await Promise.race([exited, sleep(5_000).then(() => 'timeout' as const)]);
-    if (code === 'timeout') child.kill('SIGKILL');
-    return code === 'timeout' ? null : code;
-  };
-  let out = '';
-  let pending = '';
-  child.stdout.on('data', (d: Buffer) => {
-    out += d.toString();
-    pending += d.toString();
-    const lines = pending.split('\n');
-    pending = lines.pop() ?? '';
-    for (const line of lines) if (line.startsWith('{')) logs.push(JSON.parse(line) as Record<string, unknown>);
-  });
-  base = await Promise.race([
-    new Promise<string>((resolve) => {
-      child.stdout.on('data', () => {
-        const m = /Outrider is up on (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
-        if (m && out.includes('Ctrl-C stops both.')) resolve(m[1] as string);
-      });
-    }),
-    sleep(15_000).then(() => Promise.reject(new Error(`npm start did not come up:\n${out}`))),
-  ]);
+  app = await startExampleApp({ EXAMPLE_AVATAR_DIR: join(scratch, 'avatars') });
+  ({ logs, base } = app);
 });
 
 afterAll(async () => {
-  expect(await stopApp?.()).toBe(0);
+  expect(await app?.stop()).toBe(0);
   rmSync(scratch, { recursive: true, force: true });
 });
 

@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,63 +6,31 @@ import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { certificate } from '../helpers/tls.js';
+import { type ExampleApp, startExampleApp } from './example-app.js';
 
 /**
  * The example app as the only edge: `npm start`'s Outrider with `[tls]` (HTTP/2 by ALPN), in
  * Debian's chromium. The certificate is the suite's own, so the browser is told to accept it.
  */
-const START = fileURLToPath(new URL('../../dist/example/start.js', import.meta.url));
 const EXAMPLE_CONFIG = fileURLToPath(new URL('../../example/outrider.toml', import.meta.url));
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 
 const scratch = mkdtempSync(join(tmpdir(), 'outrider-e2e-h2-'));
-const logs: Record<string, unknown>[] = [];
+let app: ExampleApp;
+let logs: Record<string, unknown>[] = [];
 let base = '';
-let stopApp: () => Promise<number | null>;
 
 beforeAll(async () => {
   const pair = certificate('e2e-h2');
   const config = join(scratch, 'outrider.toml');
   writeFileSync(config, `${readFileSync(EXAMPLE_CONFIG, 'utf8')}\n[tls]\ncertificate = "${pair.cert}"\nkey = "${pair.key}"\n`);
-  const child = spawn(process.execPath, [START], {
-    env: {
-      ...process.env,
-      OUTRIDER_PORT: '0',
-      EXAMPLE_BACKEND_PORT: '0',
-      EXAMPLE_AVATAR_DIR: join(scratch, 'avatars'),
-      EXAMPLE_OUTRIDER_CONFIG: config,
-    },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  stopApp = async () => {
-    if (child.exitCode === null) child.kill('SIGINT');
-    const code = await Promise.race([exited, sleep(5_000).then(() => 'timeout' as const)]);
-    if (code === 'timeout') child.kill('SIGKILL');
-    return code === 'timeout' ? null : code;
-  };
-  let out = '';
-  let pending = '';
-  child.stdout.on('data', (d: Buffer) => {
-    out += d.toString();
-    pending += d.toString();
-    const lines = pending.split('\n');
-    pending = lines.pop() ?? '';
-    for (const line of lines) if (line.startsWith('{')) logs.push(JSON.parse(line) as Record<string, unknown>);
-  });
-  base = await Promise.race([
-    new Promise<string>((resolve) => {
-      child.stdout.on('data', () => {
-        const m = /Outrider is up on (https:\/\/127\.0\.0\.1:\d+)/.exec(out);
-        if (m && out.includes('Ctrl-C stops both.')) resolve(m[1] as string);
-      });
-    }),
-    sleep(15_000).then(() => Promise.reject(new Error(`npm start did not come up:\n${out}`))),
-  ]);
+  app = await startExampleApp({ EXAMPLE_AVATAR_DIR: join(scratch, 'avatars'), EXAMPLE_OUTRIDER_CONFIG: config });
+  ({ logs, base } = app);
+  expect(base).toMatch(/^https:/);
 });
 
 afterAll(async () => {
-  expect(await stopApp?.()).toBe(0);
+  expect(await app?.stop()).toBe(0);
   rmSync(scratch, { recursive: true, force: true });
 });
 
