@@ -12,7 +12,7 @@ export type { Config } from '../config/schema.js';
 
 import { createScaler, createSharedCache, type SharedCacheEvents } from '../scaler/index.js';
 import { onClientError } from './connection/client-errors.js';
-import { asHttp1, failCancelledBody, type Http2Sessions, isHttp2, trackSessions } from './connection/http2.js';
+import { asHttp1, type Http2Sessions, isHttp2, trackSessions } from './connection/http2.js';
 import { createStallWatch } from './connection/stall-watch.js';
 import { setErrorHandler } from './errors.js';
 import { createForwarder } from './forward/forwarder.js';
@@ -103,7 +103,6 @@ export function buildServer(config: Config, opts: BuildServerOptions = {}): Fast
    */
   const http2Stream = (req: IncomingMessage, res: ServerResponse) => {
     asHttp1(req);
-    failCancelledBody(req);
     const stream = (res as unknown as { stream: ServerHttp2Stream }).stream;
     stallWatch.connection(stream as unknown as Socket, () => {
       app.log.warn(

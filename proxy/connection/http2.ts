@@ -45,6 +45,20 @@ export function asHttp1(req: IncomingMessage): void {
   if (authority !== undefined) list.unshift('host', authority);
   if (cookie !== undefined) list.push('cookie', cookie);
   if (!length && !h2.stream.endAfterHeaders && req.method !== 'CONNECT') list.push('transfer-encoding', 'chunked');
+  Object.defineProperty(req, 'rawHeaders', { value: list, configurable: true });
+  // Made on first use, as Node's HTTP/1.1 parser makes it: the forwarder reads the raw list only.
+  Object.defineProperty(req, 'headers', {
+    configurable: true,
+    get() {
+      const headers = headerObject(list);
+      Object.defineProperty(req, 'headers', { value: headers, configurable: true });
+      return headers;
+    },
+  });
+}
+
+/** A header list as node:http's `req.headers`: lower-case names, repeats joined with ", " (set-cookie kept as an array). */
+function headerObject(list: readonly string[]): Record<string, string | string[]> {
   const headers: Record<string, string | string[]> = Object.create(null);
   for (let i = 0; i < list.length; i += 2) {
     const name = list[i] as string;
@@ -54,8 +68,7 @@ export function asHttp1(req: IncomingMessage): void {
     else if (Array.isArray(had)) had.push(value);
     else headers[name] = `${had}, ${value}`;
   }
-  Object.defineProperty(req, 'rawHeaders', { value: list, configurable: true });
-  Object.defineProperty(req, 'headers', { value: headers, configurable: true });
+  return headers;
 }
 
 /**
@@ -87,31 +100,6 @@ const destroyResponse = Http2ServerResponse.prototype.destroy;
 Http2ServerResponse.prototype.destroy = function destroy(this: Http2ServerResponse, err?: Error) {
   return destroyResponse.call(this, err ?? new Error('the answer was cut off'));
 };
-
-/**
- * A request body whose stream the client resets must not reach the backend as a whole one:
- * Node's compatibility layer ends the request normally when its stream closes, reset or not, and
- * a chunked body would then be closed off with its last chunk. The request is destroyed with an
- * error first, which aborts the backend request as a closed HTTP/1.1 connection does.
- */
-export function failCancelledBody(req: IncomingMessage): void {
-  const stream = (req as unknown as Http2ServerRequest).stream;
-  if (stream.endAfterHeaders) return;
-  const fail = () => {
-    if (req.readableEnded || req.destroyed) return;
-    // Whoever reads the body hears of it; no one reading must not make it an uncaught error.
-    req.on('error', ignore);
-    req.destroy(Object.assign(new Error('the client cancelled the request'), { code: 'ECONNRESET' }));
-  };
-  // 'aborted' comes as the reset is read, before Node ends the request; a reset arriving once the
-  // answer is being ended has none, and is caught when the stream closes, before Node's own listener.
-  stream.prependListener('aborted', fail);
-  stream.prependListener('close', () => {
-    if (stream.rstCode > 0) fail();
-  });
-}
-
-const ignore = () => undefined;
 
 /** True for a request that came over HTTP/2. */
 export function isHttp2(req: IncomingMessage): boolean {
